@@ -1,0 +1,1 @@
+"""SMB2 connection machinery that does no I/O: framing, compounding, credits, signing."""

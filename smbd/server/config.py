@@ -1,0 +1,84 @@
+"""Server settings as the worker sees them: shares, users, security policy.
+
+The daemon (smbdd) builds this from the command line and TOML file and hands it to each
+worker as JSON over the control socket, so nothing secret appears on a command line.
+"""
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import asdict, dataclass, field
+
+
+class EncryptPolicy(str, enum.Enum):
+    """off: not offered. auto (default): offered, used when the client asks for it.
+    desired: every session of a client that can encrypt is encrypted.
+    required: as desired, and clients that cannot encrypt are refused."""
+
+    OFF = "off"
+    AUTO = "auto"
+    DESIRED = "desired"
+    REQUIRED = "required"
+
+
+@dataclass(frozen=True)
+class ShareConfig:
+    name: str
+    path: str
+    read_only: bool = False
+    encrypt: bool = False  # encryption required on this share
+    sign: bool = False  # signing required on this share
+    guest_ok: bool = False
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class UserEntry:
+    name: str
+    nt_hash: bytes  # MD4(UTF-16LE(password)), MS-NLMP 3.3.1
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    shares: tuple[ShareConfig, ...]
+    users: tuple[UserEntry, ...]
+    encrypt: EncryptPolicy = EncryptPolicy.AUTO
+    signing_required: bool = False
+    server_guid: uuid.UUID = field(default_factory=uuid.uuid4)
+    netbios_name: str = "SMBDD"
+    domain: str = "WORKGROUP"
+    max_io_size: int = 8 * 1024 * 1024  # MaxReadSize/MaxWriteSize/MaxTransactSize
+    max_credits: int = 8192
+    rdma_interfaces: tuple[str, ...] = ()  # interface names that carry an RDMA device
+    io_threads: int = 4
+
+    def share(self, name: str) -> ShareConfig | None:
+        low = name.lower()
+        for s in self.shares:
+            if s.name.lower() == low:
+                return s
+        return None
+
+    def user_hash(self, name: str) -> bytes | None:
+        low = name.lower()
+        for u in self.users:
+            if u.name.lower() == low:
+                return u.nt_hash
+        return None
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["encrypt"] = self.encrypt.value
+        d["server_guid"] = str(self.server_guid)
+        d["users"] = [{"name": u.name, "nt_hash": u.nt_hash.hex()} for u in self.users]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ServerConfig":
+        d = dict(d)
+        d["shares"] = tuple(ShareConfig(**s) for s in d["shares"])
+        d["users"] = tuple(UserEntry(u["name"], bytes.fromhex(u["nt_hash"])) for u in d["users"])
+        d["encrypt"] = EncryptPolicy(d["encrypt"])
+        d["server_guid"] = uuid.UUID(d["server_guid"])
+        d["rdma_interfaces"] = tuple(d.get("rdma_interfaces", ()))
+        return cls(**d)

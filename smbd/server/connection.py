@@ -1,0 +1,427 @@
+"""One SMB2 connection (MS-SMB2 3.3.1.7) and its request pipeline (3.3.5.2).
+
+The transport hands in whole SMB2 messages (already unframed) and takes whole messages
+back; it may also offer RDMA reads/writes. Everything between (decrypting, splitting
+compounds, the credit window, signature checks, dispatching to the command handlers,
+async responses, signing and encrypting replies) is here.
+
+Handlers raise SmbError; it becomes an ERROR response here, in one place. Only
+ProtocolViolation (framing, the message-id window, broken compounds) ends the connection.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import struct
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
+
+from smbd import crypto
+from smbd.core import compound
+from smbd.core.credits import CreditWindow, required_charge
+from smbd.status import NtStatus, ProtocolViolation, SmbError, status_name
+from smbd.wire import control
+from smbd.wire.header import (HEADER_SIZE, PROTOCOL_ID, SIGNATURE_OFFSET, SMB1_ID, TRANSFORM_ID,
+                              Command, Flags, Header)
+
+from .objects import Open, Session, SessionState, TreeConnect
+
+if TYPE_CHECKING:
+    from .state import ServerState
+
+log = logging.getLogger("smbd.conn")
+
+Body = bytes | list  # a response body: bytes, or a list of buffers sent without joining
+
+# Commands that need no session (3.3.5.2.9) and the ones that need a tree (3.3.5.2.11).
+_NO_SESSION = {Command.NEGOTIATE, Command.SESSION_SETUP, Command.ECHO, Command.CANCEL}
+_NO_TREE = _NO_SESSION | {Command.LOGOFF, Command.TREE_CONNECT, Command.OPLOCK_BREAK}
+
+
+class Transport(Protocol):
+    """What a connection needs from below: whole messages out, and maybe RDMA."""
+
+    peer: str
+    rdma: Any  # an RDMA channel (smbd.transport.proxy) or None for TCP
+
+    async def send(self, parts: list) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(eq=False)
+class Request:
+    """One request of a (possibly compounded) message, as handlers see it."""
+
+    conn: "SmbConnection"
+    header: Header
+    msg: memoryview
+    session: Session | None = None
+    tree: TreeConnect | None = None
+    encrypted: bool = False
+    is_last: bool = True
+    async_id: int = 0
+    interim_sent: bool = False
+    related_file_id: tuple[int, int] | None = None
+    on_response: Callable[[bytes], None] | None = None  # sees the final response (preauth hash)
+    created_file_id: tuple[int, int] | None = None  # a CREATE's handle, for related requests
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    status: int = NtStatus.SUCCESS  # a handler may answer with a non-error status and a body
+
+    @property
+    def server(self) -> "ServerState":
+        return self.conn.server
+
+    def resolve_file_id(self, file_id: tuple[int, int]) -> tuple[int, int]:
+        """In a related compound, FileId 0xFFFF... means the previous CREATE's handle (3.3.5.2.7.2)."""
+        if file_id == (0xFFFFFFFFFFFFFFFF, 0xFFFFFFFFFFFFFFFF):
+            if self.related_file_id is None:
+                raise SmbError(NtStatus.INVALID_PARAMETER, "no related FileId")
+            return self.related_file_id
+        return file_id
+
+    def open_for(self, file_id: tuple[int, int]) -> Open:
+        """The Open named by a request's FileId, checked against its session and tree (3.3.5.x)."""
+        op = self.server.opens.get(self.resolve_file_id(file_id)[1])
+        if (op is None or op.closed or op.session is not self.session or op.tree is not self.tree
+                or op.persistent_id != self.resolve_file_id(file_id)[0]):
+            raise SmbError(NtStatus.FILE_CLOSED)
+        return op
+
+    async def go_async(self) -> None:
+        """Send the interim STATUS_PENDING response (3.3.4.2); the final one follows later."""
+        if self.interim_sent:
+            return
+        self.async_id = next(self.conn.async_ids)
+        self.conn.async_requests[self.async_id] = self
+        self.interim_sent = True
+        await self.conn.send_interim(self)
+
+
+Handler = Callable[[Request], Awaitable[Body]]
+
+
+class SmbConnection:
+    """3.3.1.7 Per Connection."""
+
+    def __init__(self, server: "ServerState", transport: Transport):
+        self.server = server
+        self.transport = transport
+        self.dialect = 0
+        self.client_guid = None
+        self.client_capabilities = 0
+        self.client_security_mode = 0
+        self.server_capabilities = 0
+        self.cipher = 0
+        self.signing_algorithm = crypto.SIGNING_AES_CMAC
+        self.rdma_transforms: list[int] = []
+        self.preauth = crypto.PreauthHash()
+        self.credits = CreditWindow(server.config.max_credits)
+        self.negotiated = False
+        self.multi_credit = False
+        self.async_ids = itertools.count(1)
+        self.async_requests: dict[int, Request] = {}
+        self.sync_requests: dict[int, Request] = {}  # by MessageId, for CANCEL
+        self.tasks: set[asyncio.Task] = set()
+        self.closed = False
+        self.send_lock = asyncio.Lock()
+
+    # ---- entry point from the transport ----------------------------------------------
+
+    def receive(self, raw: bytes) -> None:
+        """A whole message arrived. Checks that must follow arrival order run now;
+        the handlers then run as a task so that slow I/O does not hold up the next one."""
+        if self.closed:
+            return
+        msg = memoryview(raw)
+        if raw[:4] == SMB1_ID:
+            if self.negotiated:
+                raise ProtocolViolation("SMB1 after negotiation")
+            self._spawn(self.server.handlers.smb1_negotiate(self, msg))
+            return
+        encrypted_session = None
+        if raw[:4] == TRANSFORM_ID:
+            encrypted_session, msg = self._decrypt(raw)
+        elif raw[:4] != PROTOCOL_ID:
+            raise ProtocolViolation(f"unknown protocol id {raw[:4].hex()}")
+        parts = compound.split(msg)
+        requests = []
+        for i, part in enumerate(parts):
+            hdr = Header.parse(part)
+            if hdr.flags & Flags.SERVER_TO_REDIR:
+                raise ProtocolViolation("response sent to the server")
+            if hdr.command == Command.CANCEL:
+                self._cancel(hdr)
+                continue
+            if not self.negotiated and hdr.command != Command.NEGOTIATE:
+                raise ProtocolViolation("request before NEGOTIATE")
+            self.credits.consume(hdr.message_id, hdr.credit_charge if self.multi_credit else 1)
+            req = Request(self, hdr, part, encrypted=encrypted_session is not None,
+                          is_last=(i == len(parts) - 1))
+            if encrypted_session is not None and hdr.session_id != encrypted_session.session_id and not (
+                    hdr.flags & Flags.RELATED_OPERATIONS):
+                req.session = None  # mismatch handled in _prepare
+            requests.append(req)
+        if requests:
+            for r in requests:
+                self.sync_requests[r.header.message_id] = r
+            self._spawn(self._process(requests, encrypted_session))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if isinstance(exc, ProtocolViolation):
+            log.warning("%s: protocol violation: %s", self.transport.peer, exc)
+            self.close()
+        elif exc is not None and not isinstance(exc, (ConnectionError, asyncio.CancelledError)):
+            log.error("%s: internal error", self.transport.peer, exc_info=exc)
+            self.close()
+
+    def _decrypt(self, raw: bytes) -> tuple[Session, memoryview]:
+        """3.3.5.2.1.1: find the session by the transform header, decrypt, check the inner header."""
+        try:
+            th = crypto.parse_transform_header(raw)
+        except ValueError as e:
+            raise ProtocolViolation(f"bad transform header: {e}") from e
+        session = self.server.sessions.get(th.session_id)
+        if session is None or session.keys is None or not session.keys.decrypting or not self.cipher:
+            raise ProtocolViolation("encrypted message for an unknown session")
+        try:
+            plain = crypto.decrypt_message(self.cipher, session.keys.decrypting, raw)
+        except ValueError as e:
+            raise ProtocolViolation(f"decryption failed: {e}") from e
+        if plain[:4] != PROTOCOL_ID:
+            raise ProtocolViolation("decrypted message is not SMB2")
+        return session, memoryview(plain)
+
+    # ---- per message ------------------------------------------------------------------
+
+    async def _process(self, requests: list[Request], encrypted_session: Session | None) -> None:
+        responses: list[bytearray | list] = []
+        prev: Request | None = None
+        prev_status = NtStatus.SUCCESS
+        try:
+            for req in requests:
+                related = bool(req.header.flags & Flags.RELATED_OPERATIONS) and prev is not None
+                if related:
+                    # 3.3.5.2.7.2: inherit the session, tree and file of the previous request.
+                    req.session, req.tree = prev.session, prev.tree
+                    req.related_file_id = prev.created_file_id or prev.related_file_id
+                status, body = await self._execute(req, related, prev_status if related else None,
+                                                   encrypted_session)
+                prev, prev_status = req, status
+                if status == NtStatus.SUCCESS and req.created_file_id is None:
+                    req.created_file_id = req.related_file_id
+                responses.append(self._build_response(req, status, body))
+        finally:
+            for req in requests:
+                self.sync_requests.pop(req.header.message_id, None)
+                if req.async_id:
+                    self.async_requests.pop(req.async_id, None)
+        await self._send_responses(requests, responses, encrypted_session)
+
+    async def _execute(self, req: Request, related: bool, prev_status: int | None,
+                       encrypted_session: Session | None) -> tuple[int, Body]:
+        """Run one request's checks and handler; return (status, response body)."""
+        try:
+            if related and prev_status not in (None, NtStatus.SUCCESS) and req.related_file_id is None \
+                    and req.header.command in _FILE_COMMANDS:
+                # 3.3.5.2.7.2: a related request after a failed CREATE fails the same way.
+                raise SmbError(prev_status)
+            self._prepare(req, related, encrypted_session)
+            handler = self.server.handlers.table.get(req.header.command)
+            if handler is None:
+                raise SmbError(NtStatus.INVALID_PARAMETER, "unknown command")
+            body = await handler(req)
+            return req.status, body
+        except SmbError as e:
+            if e.status not in _QUIET:
+                log.debug("%s: %s -> %s (%s)", self.transport.peer, Command(req.header.command).name,
+                          status_name(e.status), e)
+            return e.status, control.error_response(e.data)
+        except asyncio.CancelledError:
+            if req.cancelled.is_set():
+                return NtStatus.CANCELLED, control.error_response()
+            raise
+        except ProtocolViolation:
+            raise
+        except Exception:
+            # A bug of ours: answer this request with an error, keep the connection.
+            log.exception("%s: %s failed", self.transport.peer, Command(req.header.command).name)
+            return NtStatus.INTERNAL_ERROR, control.error_response()
+
+    def _prepare(self, req: Request, related: bool, encrypted_session: Session | None) -> None:
+        """Session, channel, signature, encryption and tree checks (3.3.5.2.4, .9, .11)."""
+        hdr = req.header
+        cmd = hdr.command
+        if not related:
+            if hdr.session_id:
+                req.session = self.server.sessions.get(hdr.session_id)
+            if req.session is None and cmd not in _NO_SESSION:
+                raise SmbError(NtStatus.USER_SESSION_DELETED)
+        session = req.session
+        if session is not None and cmd != Command.SESSION_SETUP:
+            if session.state != SessionState.VALID:
+                raise SmbError(NtStatus.USER_SESSION_DELETED)
+            if session.channel_for(self) is None:
+                raise SmbError(NtStatus.USER_SESSION_DELETED)
+        if encrypted_session is not None:
+            if session is not None and session is not encrypted_session:
+                raise SmbError(NtStatus.ACCESS_DENIED, "encrypted for another session")
+        elif session is not None and cmd != Command.SESSION_SETUP:
+            self._check_signature(req, session)
+            if session.encrypt_data and cmd not in (Command.NEGOTIATE,):
+                raise SmbError(NtStatus.ACCESS_DENIED, "session requires encryption")
+        if cmd in _NO_TREE:
+            return
+        if not related:
+            req.tree = session.trees.get(hdr.tree_id) if session else None
+        if req.tree is None:
+            raise SmbError(NtStatus.NETWORK_NAME_DELETED)
+        if req.tree.encrypt and encrypted_session is None:
+            raise SmbError(NtStatus.ACCESS_DENIED, "share requires encryption")
+        if req.tree.sign and encrypted_session is None and not hdr.flags & Flags.SIGNED:
+            raise SmbError(NtStatus.ACCESS_DENIED, "share requires signing")
+
+    def _check_signature(self, req: Request, session: Session) -> None:
+        signed = bool(req.header.flags & Flags.SIGNED)
+        if not signed:
+            if session.signing_required and not session.is_guest and not session.is_anonymous:
+                raise SmbError(NtStatus.ACCESS_DENIED, "unsigned request on a signing session")
+            return
+        channel = session.channel_for(self)
+        key = channel.signing_key if channel else b""
+        if not key:
+            return  # guest/anonymous sessions have no key; nothing to check
+        if not crypto.verify_signature(self.signing_algorithm, key, req.msg, dialect=self.dialect):
+            raise SmbError(NtStatus.ACCESS_DENIED, "bad signature")
+
+    # ---- responses ----------------------------------------------------------------------
+
+    def _build_response(self, req: Request, status: int, body: Body) -> list:
+        hdr = req.header
+        if req.interim_sent:
+            credits = 0  # credits were granted by the interim response (3.3.4.2)
+            flags_hdr = replace(hdr, flags=hdr.flags | Flags.ASYNC_COMMAND, async_id=req.async_id)
+        else:
+            credits = self.credits.grant(hdr.credits, hdr.credit_charge)
+            flags_hdr = hdr
+        sid = req.session.session_id if req.session else hdr.session_id
+        if hdr.command == Command.SESSION_SETUP and req.session is not None:
+            sid = req.session.session_id
+        out = replace(flags_hdr.response(status, credits), session_id=sid,
+                      tree_id=req.tree.tree_id if req.tree and hdr.command == Command.TREE_CONNECT else flags_hdr.tree_id)
+        if isinstance(body, (bytes, bytearray)):
+            parts = [bytearray(out.pack()) + body]
+        else:
+            parts = [bytearray(out.pack()) + body[0], *body[1:]]
+        if req.on_response is not None:
+            req.on_response(b"".join(bytes(p) for p in parts))
+        return parts
+
+    def _signing_key(self, req: Request, status: int) -> bytes:
+        """The key to sign a response with, or b"" (3.3.4.1.1)."""
+        session = req.session
+        if session is None or session.keys is None:
+            return b""
+        if req.header.command == Command.SESSION_SETUP and status != NtStatus.SUCCESS:
+            return b""
+        if not (req.header.flags & Flags.SIGNED or session.signing_required
+                or req.header.command == Command.SESSION_SETUP):
+            return b""
+        channel = session.channel_for(self)
+        return channel.signing_key if channel else b""
+
+    async def _send_responses(self, requests: list[Request], responses: list[list],
+                              encrypted_session: Session | None) -> None:
+        if self.closed or not responses:
+            return
+        answered = [r for r in requests]
+        flat: list[bytearray] = []
+        for req, parts in zip(answered, responses):
+            status = struct.unpack_from("<I", parts[0], 8)[0]
+            key = self._signing_key(req, status)
+            if key or len(parts) > 1 and len(responses) > 1:
+                parts = [bytearray(b"".join(bytes(p) for p in parts))]
+            flat.append(parts)  # type: ignore[arg-type]
+        if len(flat) > 1:
+            heads = [p[0] for p in flat]
+            compound.join(heads)
+        for req, parts in zip(answered, flat):
+            status = struct.unpack_from("<I", parts[0], 8)[0]
+            key = self._signing_key(req, status)
+            if key:
+                head = parts[0]
+                struct.pack_into("<I", head, 16, struct.unpack_from("<I", head, 16)[0] | Flags.SIGNED)
+                head[SIGNATURE_OFFSET:SIGNATURE_OFFSET + 16] = crypto.sign(
+                    self.signing_algorithm, key, head, dialect=self.dialect)
+        message = [p for parts in flat for p in parts]
+        session = encrypted_session or self._encrypting_session(requests)
+        if session is not None and session.keys is not None and session.keys.encrypting:
+            plain = b"".join(bytes(p) for p in message)
+            message = [crypto.encrypt_message(self.cipher, session.keys.encrypting, session.session_id, plain)]
+        async with self.send_lock:
+            await self.transport.send(message)
+
+    def _encrypting_session(self, requests: list[Request]) -> Session | None:
+        """Responses on a session or share that requires encryption are encrypted (3.3.4.1.4)."""
+        for req in requests:
+            s = req.session
+            if s is not None and s.state == SessionState.VALID and s.keys and s.keys.encrypting and (
+                    s.encrypt_data or (req.tree is not None and req.tree.encrypt)):
+                return s
+        return None
+
+    async def send_interim(self, req: Request) -> None:
+        """Interim response for an async operation: STATUS_PENDING with the AsyncId (3.3.4.2)."""
+        hdr = req.header
+        credits = self.credits.grant(hdr.credits, hdr.credit_charge)
+        out = replace(hdr, flags=hdr.flags | Flags.ASYNC_COMMAND, async_id=req.async_id)
+        out = out.response(NtStatus.PENDING, credits)
+        body = bytearray(out.pack()) + control.error_response()
+        key = self._signing_key(req, NtStatus.PENDING)
+        if key:
+            struct.pack_into("<I", body, 16, struct.unpack_from("<I", body, 16)[0] | Flags.SIGNED)
+            body[SIGNATURE_OFFSET:SIGNATURE_OFFSET + 16] = crypto.sign(self.signing_algorithm, key, body,
+                                                                       dialect=self.dialect)
+        message: list = [body]
+        session = self._encrypting_session([req]) if not req.encrypted else req.session
+        if session is not None and session.keys and session.keys.encrypting:
+            message = [crypto.encrypt_message(self.cipher, session.keys.encrypting, session.session_id, bytes(body))]
+        async with self.send_lock:
+            await self.transport.send(message)
+
+    def _cancel(self, hdr: Header) -> None:
+        """CANCEL (3.3.5.16): find the pending request by AsyncId or MessageId; no response."""
+        if hdr.flags & Flags.ASYNC_COMMAND:
+            req = self.async_requests.get(hdr.async_id)
+        else:
+            req = self.sync_requests.get(hdr.message_id)
+        if req is not None and req.session is not None and hdr.session_id not in (0, req.session.session_id):
+            return
+        if req is not None:
+            req.cancelled.set()
+
+    # ---- teardown -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for task in list(self.tasks):
+            task.cancel()
+        self.server.connection_lost(self)
+        self.transport.close()
+
+
+_FILE_COMMANDS = {Command.CLOSE, Command.FLUSH, Command.READ, Command.WRITE, Command.LOCK, Command.IOCTL,
+                  Command.QUERY_DIRECTORY, Command.CHANGE_NOTIFY, Command.QUERY_INFO, Command.SET_INFO}
+_QUIET = {NtStatus.OBJECT_NAME_NOT_FOUND, NtStatus.NO_MORE_FILES, NtStatus.MORE_PROCESSING_REQUIRED}

@@ -1,0 +1,321 @@
+"""CREATE (3.3.5.9), CLOSE (3.3.5.10), FLUSH (3.3.5.11), READ (3.3.5.12), WRITE (3.3.5.13)
+and the oplock break acknowledgement (3.3.5.22; we grant no oplocks)."""
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from typing import TYPE_CHECKING
+
+from smbd.core.credits import required_charge
+from smbd.fscc.constants import FileAttributes
+from smbd.status import NtStatus, SmbError
+from smbd.vfs.errors import translate_oserror
+from smbd.wire import fileio
+from smbd.wire.create import (VALID_ACCESS, WRITE_ACCESS, Access, CreateAction, CreateOptions, CreateRequest,
+                              CreateResponse, Disposition, OplockLevel, encode_contexts, map_generic)
+
+from .. import sharemode
+from ..objects import Open
+
+if TYPE_CHECKING:
+    from ..connection import Request
+    from ..state import ServerState
+
+log = logging.getLogger("smbd.files")
+
+_OPTIONS_NOT_SUPPORTED = CreateOptions.OPEN_BY_FILE_ID | CreateOptions.RESERVE_OPFILTER
+_OPTIONS_RESERVED = 0xFF000000
+_ATTRIBUTES_VALID = 0x00007FB7  # FILE_ATTRIBUTE_* bits a client may pass (MS-FSCC 2.6)
+_MXAC = b"MxAc"
+_QFID = b"QFid"
+
+
+def _granted_access(req: "Request", create: CreateRequest) -> int:
+    """Desired access, expanded and checked against what the share allows (3.3.5.9)."""
+    desired = create.desired_access
+    if desired & ~VALID_ACCESS:
+        raise SmbError(NtStatus.ACCESS_DENIED, "reserved access bits")
+    maximal = req.tree.maximal_access
+    if desired & Access.MAXIMUM_ALLOWED:
+        return maximal | (map_generic(desired & ~Access.MAXIMUM_ALLOWED) & maximal)
+    access = map_generic(desired)
+    if access & ~maximal & ~Access.ACCESS_SYSTEM_SECURITY:
+        raise SmbError(NtStatus.ACCESS_DENIED, "access beyond the share's maximal access")
+    if access & Access.ACCESS_SYSTEM_SECURITY:
+        raise SmbError(NtStatus.PRIVILEGE_NOT_HELD, "SACL access")
+    return access
+
+
+def _validate(create: CreateRequest) -> None:
+    if create.impersonation_level > 3:
+        raise SmbError(NtStatus.BAD_IMPERSONATION_LEVEL)
+    if create.disposition > Disposition.OVERWRITE_IF:
+        raise SmbError(NtStatus.INVALID_PARAMETER, "bad disposition")
+    opts = create.options
+    if opts & _OPTIONS_RESERVED:
+        raise SmbError(NtStatus.INVALID_PARAMETER, "reserved create options")
+    if opts & CreateOptions.DIRECTORY_FILE and opts & CreateOptions.NON_DIRECTORY_FILE:
+        raise SmbError(NtStatus.INVALID_PARAMETER, "both DIRECTORY and NON_DIRECTORY")
+    if opts & _OPTIONS_NOT_SUPPORTED:
+        raise SmbError(NtStatus.NOT_SUPPORTED, "unsupported create option")
+    if create.file_attributes & ~_ATTRIBUTES_VALID:
+        raise SmbError(NtStatus.INVALID_PARAMETER, "bad file attributes")
+    if opts & CreateOptions.DIRECTORY_FILE and create.disposition not in (
+            Disposition.CREATE, Disposition.OPEN, Disposition.OPEN_IF):
+        raise SmbError(NtStatus.INVALID_PARAMETER, "bad disposition for a directory")
+    if create.oplock_level not in (0, 1, 8, 9, 0xFF):
+        raise SmbError(NtStatus.INVALID_PARAMETER, "bad oplock level")
+
+
+async def handle_create(req: "Request") -> bytes:
+    create = CreateRequest.parse(req.msg)
+    _validate(create)
+    tree = req.tree
+    if tree.is_ipc:
+        from ..ipc import open_pipe
+        return await open_pipe(req, create)
+    server = req.server
+    vfs = tree.vfs
+    components = vfs.parse_name(create.name)
+    access = _granted_access(req, create)
+    opts = create.options
+    if opts & CreateOptions.DELETE_ON_CLOSE and not access & Access.DELETE:
+        raise SmbError(NtStatus.ACCESS_DENIED, "delete-on-close without DELETE access")
+    op = await server.io(_open_file, server, req, create, components, access)
+    contexts = []
+    if _MXAC in create.contexts:
+        contexts.append((_MXAC, struct.pack("<II", 0, tree.maximal_access)))
+    if _QFID in create.contexts:
+        contexts.append((_QFID, struct.pack("<QQ16x", op.info.file_id, op.info.volume_id)))
+    req.created_file_id = op.open.file_id
+    info = op.info
+    return CreateResponse(OplockLevel.NONE, 0, op.action, info.creation_time, info.last_access_time,
+                          info.last_write_time, info.change_time, info.allocation_size, info.size,
+                          info.attributes, op.open.file_id, encode_contexts(contexts) if contexts else b"").pack()
+
+
+class _Opened:
+    __slots__ = ("open", "info", "action")
+
+    def __init__(self, open_: Open, info, action: int):
+        self.open, self.info, self.action = open_, info, action
+
+
+def _open_file(server: "ServerState", req: "Request", create: CreateRequest, components: tuple[str, ...],
+               access: int) -> _Opened:
+    """The blocking part of CREATE, on an I/O thread: look up, check, open, share-mode."""
+    tree = req.tree
+    vfs = tree.vfs
+    opts = create.options
+    disp = create.disposition
+    existing = vfs.lookup(components)
+    want_dir = bool(opts & CreateOptions.DIRECTORY_FILE)
+    if existing is not None:
+        if disp == Disposition.CREATE:
+            raise SmbError(NtStatus.OBJECT_NAME_COLLISION)
+        if existing.is_dir and opts & CreateOptions.NON_DIRECTORY_FILE:
+            raise SmbError(NtStatus.FILE_IS_A_DIRECTORY)
+        if not existing.is_dir and want_dir:
+            raise SmbError(NtStatus.NOT_A_DIRECTORY)
+        if existing.is_dir and disp in (Disposition.OVERWRITE, Disposition.OVERWRITE_IF, Disposition.SUPERSEDE):
+            raise SmbError(NtStatus.INVALID_PARAMETER, "cannot overwrite a directory")
+        if server.delete_pending(existing.file_id):
+            raise SmbError(NtStatus.DELETE_PENDING)
+        if existing.attributes & FileAttributes.READONLY and (
+                access & (Access.FILE_WRITE_DATA | Access.FILE_APPEND_DATA)
+                or opts & CreateOptions.DELETE_ON_CLOSE):
+            raise SmbError(NtStatus.ACCESS_DENIED if not opts & CreateOptions.DELETE_ON_CLOSE
+                           else NtStatus.CANNOT_DELETE)
+        if not components and opts & CreateOptions.DELETE_ON_CLOSE:
+            raise SmbError(NtStatus.CANNOT_DELETE, "the share root")
+        truncate = disp in (Disposition.OVERWRITE, Disposition.OVERWRITE_IF, Disposition.SUPERSEDE)
+        if truncate and tree.share.read_only:
+            raise SmbError(NtStatus.ACCESS_DENIED)
+        action = {Disposition.SUPERSEDE: CreateAction.SUPERSEDED,
+                  Disposition.OVERWRITE: CreateAction.OVERWRITTEN,
+                  Disposition.OVERWRITE_IF: CreateAction.OVERWRITTEN}.get(disp, CreateAction.OPENED)
+        is_dir = existing.is_dir
+        create_new = False
+    else:
+        if disp in (Disposition.OPEN, Disposition.OVERWRITE):
+            raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND)
+        if tree.share.read_only:
+            raise SmbError(NtStatus.ACCESS_DENIED, "read-only share")
+        if not components:
+            raise SmbError(NtStatus.ACCESS_DENIED)
+        truncate = False
+        action = CreateAction.CREATED
+        is_dir = want_dir
+        create_new = True
+    write = bool(access & (Access.FILE_WRITE_DATA | Access.FILE_APPEND_DATA)) or truncate
+    if write and is_dir:
+        write = False
+    opened = vfs.open(components, create=create_new, exclusive=create_new, truncate=truncate,
+                      directory=is_dir, write=write and not tree.share.read_only)
+    fd = opened.fd
+    try:
+        sharemode.acquire(fd, access, create.share_access)
+        if create_new or truncate:
+            attrs = create.file_attributes & ~(FileAttributes.DIRECTORY | FileAttributes.NORMAL)
+            if attrs:
+                vfs.set_dos_attributes(fd, attrs)
+        info = vfs.stat_fd(fd, components[-1] if components else "")
+    except BaseException:
+        os.close(fd)
+        if create_new:
+            _remove_quietly(vfs, components, is_dir)
+        raise
+    op = Open(server.persistent_ids(), server.new_volatile_id(), req.session, tree, access,
+              create.share_access, opened.components, fd, is_dir, opts, connection=req.conn)
+    op.file_key = info.file_id
+    op.delete_on_close = bool(opts & CreateOptions.DELETE_ON_CLOSE)
+    server.register_open(op)
+    return _Opened(op, info, action)
+
+
+def _remove_quietly(vfs, components, is_dir: bool) -> None:
+    try:
+        (vfs.rmdir if is_dir else vfs.unlink)(components)
+    except (OSError, SmbError):
+        pass
+
+
+def close_open(server: "ServerState", op: Open) -> None:
+    """Release an Open: its fd (and with it every OFD lock), delete-on-close, watches."""
+    if op.closed:
+        return
+    op.closed = True
+    server.unregister_open(op)
+    if op.notify is not None:
+        op.notify.close()  # thread-safe; wakes a pending CHANGE_NOTIFY with NOTIFY_CLEANUP
+    if op.pipe is not None:
+        op.pipe = None
+        return
+    last = server.last_open_of(op.file_key)
+    pending = op.delete_on_close or server.delete_pending(op.file_key)
+    try:
+        if pending and last:
+            server.clear_delete_pending(op.file_key)
+            try:
+                (op.tree.vfs.rmdir if op.is_dir else op.tree.vfs.unlink)(op.components)
+            except (OSError, SmbError) as e:
+                log.info("delete on close of %s failed: %s", op.display_name, e)
+        elif op.delete_on_close:
+            server.set_delete_pending(op.file_key)
+    finally:
+        try:
+            os.close(op.fd)
+        except OSError:
+            pass
+
+
+async def handle_close(req: "Request") -> bytes:
+    close = fileio.CloseRequest.parse(req.msg)
+    op = req.open_for(close.file_id)
+    server = req.server
+    if close.flags & fileio.CLOSE_FLAG_POSTQUERY_ATTRIB and op.pipe is None:
+        info = await server.io(op.tree.vfs.stat_fd, op.fd, op.components[-1] if op.components else "")
+        await server.io(close_open, server, op)
+        return fileio.close_response(fileio.CLOSE_FLAG_POSTQUERY_ATTRIB,
+                                     (info.creation_time, info.last_access_time, info.last_write_time,
+                                      info.change_time), info.allocation_size, info.size, info.attributes)
+    await server.io(close_open, server, op)
+    return fileio.close_response(0)
+
+
+async def handle_flush(req: "Request") -> bytes:
+    from smbd.wire.session import empty_response
+
+    op = req.open_for(fileio.parse_flush(req.msg))
+    if op.pipe is not None:
+        return empty_response()
+    if not op.granted_access & (Access.FILE_WRITE_DATA | Access.FILE_APPEND_DATA):
+        raise SmbError(NtStatus.ACCESS_DENIED, "flush without write access")
+    with translate_oserror():
+        await req.server.io(os.fsync, op.fd)
+    return empty_response()
+
+
+def _check_charge(req: "Request", size: int) -> None:
+    """3.3.5.2.5: with multi-credit, CreditCharge must cover the payload."""
+    if req.conn.multi_credit and req.header.credit_charge < required_charge(size):
+        raise SmbError(NtStatus.INVALID_PARAMETER, "CreditCharge too small")
+
+
+async def handle_read(req: "Request") -> list:
+    rd = fileio.ReadRequest.parse(req.msg)
+    op = req.open_for(rd.file_id)
+    if op.pipe is not None:
+        from ..ipc import read_pipe
+        return await read_pipe(req, op, rd)
+    if op.is_dir:
+        raise SmbError(NtStatus.INVALID_DEVICE_REQUEST)
+    if not op.granted_access & (Access.FILE_READ_DATA | Access.FILE_EXECUTE):
+        raise SmbError(NtStatus.ACCESS_DENIED)
+    length = rd.length
+    if length > req.server.config.max_io_size:
+        raise SmbError(NtStatus.INVALID_PARAMETER, "read larger than MaxReadSize")
+    _check_charge(req, max(length, 1))
+    if rd.offset > 0x7FFFFFFFFFFFFFFF:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    req.server.byte_locks.check_io(op, rd.offset, length, write=False)
+    rdma = req.conn.transport.rdma
+    if rd.channel != fileio.Channel.NONE:
+        if rdma is None:
+            raise SmbError(NtStatus.INVALID_PARAMETER, "RDMA channel on a non-RDMA connection")
+        return await rdma.read_to_client(req, op, rd)
+    buf = bytearray(length)
+    with translate_oserror():
+        n = await req.server.io(op.tree.vfs.pread_into, op.fd, memoryview(buf), rd.offset)
+    if n < rd.minimum_count or (n == 0 and length > 0):
+        raise SmbError(NtStatus.END_OF_FILE)
+    return [fileio.read_response_header(n), memoryview(buf)[:n]]
+
+
+async def handle_write(req: "Request") -> bytes:
+    wr = fileio.WriteRequest.parse(req.msg)
+    op = req.open_for(wr.file_id)
+    if op.pipe is not None:
+        from ..ipc import write_pipe
+        return await write_pipe(req, op, wr)
+    if op.is_dir:
+        raise SmbError(NtStatus.INVALID_DEVICE_REQUEST)
+    if not op.granted_access & (Access.FILE_WRITE_DATA | Access.FILE_APPEND_DATA):
+        raise SmbError(NtStatus.ACCESS_DENIED)
+    if op.tree.share.read_only:
+        raise SmbError(NtStatus.ACCESS_DENIED)
+    length = wr.length
+    if length > req.server.config.max_io_size:
+        raise SmbError(NtStatus.INVALID_PARAMETER, "write larger than MaxWriteSize")
+    _check_charge(req, max(length, 1))
+    offset = wr.offset
+    if offset == 0xFFFFFFFFFFFFFFFF and op.granted_access & Access.FILE_APPEND_DATA:
+        offset = (await req.server.io(os.fstat, op.fd)).st_size  # write at end of file (MS-FSA 2.1.5.3)
+    elif offset > 0x7FFFFFFFFFFFFFFF or offset + length > 0x7FFFFFFFFFFFFFFF:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    req.server.byte_locks.check_io(op, offset, length, write=True)
+    if wr.channel != fileio.Channel.NONE:
+        rdma = req.conn.transport.rdma
+        if rdma is None:
+            raise SmbError(NtStatus.INVALID_PARAMETER, "RDMA channel on a non-RDMA connection")
+        n = await rdma.write_from_client(req, op, wr, offset)
+    else:
+        with translate_oserror():
+            n = await req.server.io(_pwrite_all, op.tree.vfs, op.fd, wr.data, offset,
+                                    bool(wr.flags & fileio.WRITEFLAG_WRITE_THROUGH))
+    return fileio.write_response(n)
+
+
+def _pwrite_all(vfs, fd: int, data: memoryview, offset: int, write_through: bool) -> int:
+    done = 0
+    while done < len(data):
+        done += vfs.pwrite(fd, data[done:], offset + done)
+    if write_through:
+        os.fdatasync(fd)
+    return done
+
+
+async def handle_oplock_break(req: "Request") -> bytes:
+    # We never grant oplocks or leases, so there is never a break to acknowledge.
+    raise SmbError(NtStatus.INVALID_OPLOCK_PROTOCOL)

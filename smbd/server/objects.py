@@ -1,0 +1,120 @@
+"""Server state objects, typed after MS-SMB2 3.3.1 (not dicts)."""
+from __future__ import annotations
+
+import enum
+import itertools
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from smbd.crypto import PreauthHash, SessionKeys
+
+if TYPE_CHECKING:
+    from smbd.auth.spnego import SpnegoServer
+    from smbd.vfs.posix import Share as VfsShare
+
+    from .config import ShareConfig
+
+
+class SessionState(enum.Enum):
+    IN_PROGRESS = "in-progress"
+    VALID = "valid"
+    EXPIRED = "expired"
+
+
+@dataclass(eq=False)
+class Channel:
+    """3.3.1.14 Per Channel: the signing key a session uses on one connection."""
+
+    connection: Any  # smbd.server.connection.SmbConnection
+    signing_key: bytes = b""
+
+
+@dataclass(eq=False)
+class TreeConnect:
+    """3.3.1.10 Per Tree Connect."""
+
+    tree_id: int
+    session: "Session"
+    share: "ShareConfig | None"  # None for IPC$
+    vfs: "VfsShare | None"
+    maximal_access: int
+    encrypt: bool = False
+    sign: bool = False  # unsigned, unencrypted requests on this tree are refused
+
+    @property
+    def is_ipc(self) -> bool:
+        return self.share is None
+
+
+@dataclass(eq=False)
+class Session:
+    """3.3.1.8 Per Session."""
+
+    session_id: int
+    dialect: int
+    state: SessionState = SessionState.IN_PROGRESS
+    auth: "SpnegoServer | None" = None
+    user: str = ""
+    domain: str = ""
+    is_guest: bool = False
+    is_anonymous: bool = False
+    session_key: bytes = b""
+    keys: SessionKeys | None = None
+    signing_required: bool = False
+    encrypt_data: bool = False
+    cipher: int = 0
+    signing_algorithm: int = 0
+    preauth: PreauthHash | None = None
+    trees: dict[int, TreeConnect] = field(default_factory=dict)
+    channels: dict[int, Channel] = field(default_factory=dict)  # id(connection) -> Channel
+    client_guid: uuid.UUID | None = None
+    next_tree_id: Any = field(default_factory=lambda: itertools.count(1))
+
+    def channel_for(self, connection: Any) -> Channel | None:
+        return self.channels.get(id(connection))
+
+
+@dataclass(eq=False)
+class DirectoryCursor:
+    """Enumeration state of an open directory for QUERY_DIRECTORY (3.3.5.18)."""
+
+    pattern: str | None = None
+    entries: list | None = None
+    position: int = 0
+
+
+@dataclass(eq=False)
+class Open:
+    """3.3.1.10 Per Open (the SMB2 handle)."""
+
+    persistent_id: int
+    volatile_id: int
+    session: Session
+    tree: TreeConnect
+    granted_access: int
+    share_access: int
+    components: tuple[str, ...]
+    fd: int
+    is_dir: bool
+    create_options: int
+    connection: Any = None
+    delete_on_close: bool = False
+    delete_pending: bool = False
+    position: int = 0
+    mode: int = 0
+    cursor: DirectoryCursor = field(default_factory=DirectoryCursor)
+    share_lock: Any = None  # smbd.server.sharemode.ShareModeLock
+    pipe: Any = None  # for IPC$ opens: the RPC pipe endpoint
+    closed: bool = False
+    notify: Any = None  # smbd.server.notify.Watch when CHANGE_NOTIFY was used
+    write_time_frozen: bool = False
+    file_key: int | None = None  # the inode: opens of one file share delete-pending state
+
+    @property
+    def file_id(self) -> tuple[int, int]:
+        return (self.persistent_id, self.volatile_id)
+
+    @property
+    def display_name(self) -> str:
+        return "\\".join(self.components)

@@ -1,0 +1,97 @@
+"""Share modes that hold across worker processes (MS-FSA 2.1.5.1.2.1 "Check Sharing Access").
+
+Each client has its own worker process, so two clients opening one file meet only in
+the kernel. Every Open owns an open file description; we record its access and share
+mode as OFD read locks on a few bytes at the top of the off_t range, where no file data
+lives: one byte per "has READ/WRITE/DELETE access" and per "denies READ/WRITE/DELETE".
+A new open tests the bytes that would conflict (F_OFD_GETLK with a write lock) and then
+takes its own. The kernel drops an OFD's locks when its last fd closes, so a crashed
+worker can never leave a file locked. A flock() on the new fd serialises check-and-set
+between processes; flock and fcntl locks do not interact on Linux.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+
+from smbd.status import NtStatus, SmbError
+from smbd.wire.create import Access, ShareAccess
+
+F_OFD_GETLK = 36
+F_OFD_SETLK = 37
+_FLOCK = struct.Struct("hhqqi4x")  # struct flock on x86_64/aarch64: type, whence, start, len, pid
+
+BASE = (1 << 63) - 64
+HAS_READ, HAS_WRITE, HAS_DELETE, DENY_READ, DENY_WRITE, DENY_DELETE = range(6)
+
+READ_BITS = Access.FILE_READ_DATA | Access.FILE_EXECUTE
+WRITE_BITS = Access.FILE_WRITE_DATA | Access.FILE_APPEND_DATA
+DELETE_BITS = Access.DELETE
+
+
+def _lock(fd: int, cmd: int, ltype: int, slot: int) -> int:
+    req = _FLOCK.pack(ltype, os.SEEK_SET, BASE + slot, 1, 0)
+    res = fcntl.fcntl(fd, cmd, req)
+    return _FLOCK.unpack(res)[0]
+
+
+def _held_by_other(fd: int, slot: int) -> bool:
+    return _lock(fd, F_OFD_GETLK, fcntl.F_WRLCK, slot) != fcntl.F_UNLCK
+
+
+def conflicts(access: int, share: int) -> list[tuple[int, int]]:
+    """(slot to test, reason) pairs for an open with this access and share mode."""
+    tests = []
+    if access & READ_BITS:
+        tests.append(DENY_READ)
+    if access & WRITE_BITS:
+        tests.append(DENY_WRITE)
+    if access & DELETE_BITS:
+        tests.append(DENY_DELETE)
+    if not share & ShareAccess.READ:
+        tests.append(HAS_READ)
+    if not share & ShareAccess.WRITE:
+        tests.append(HAS_WRITE)
+    if not share & ShareAccess.DELETE:
+        tests.append(HAS_DELETE)
+    return tests
+
+
+def own_slots(access: int, share: int) -> list[int]:
+    slots = []
+    if access & READ_BITS:
+        slots.append(HAS_READ)
+    if access & WRITE_BITS:
+        slots.append(HAS_WRITE)
+    if access & DELETE_BITS:
+        slots.append(HAS_DELETE)
+    if not share & ShareAccess.READ:
+        slots.append(DENY_READ)
+    if not share & ShareAccess.WRITE:
+        slots.append(DENY_WRITE)
+    if not share & ShareAccess.DELETE:
+        slots.append(DENY_DELETE)
+    return slots
+
+
+def acquire(fd: int, access: int, share: int) -> None:
+    """Check the new open against all others on the same file and record it, or raise
+    STATUS_SHARING_VIOLATION. Opens asking only for attributes take part in neither side
+    of the check, as in MS-FSA."""
+    if not access & (READ_BITS | WRITE_BITS | DELETE_BITS):
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        for slot in conflicts(access, share):
+            if _held_by_other(fd, slot):
+                raise SmbError(NtStatus.SHARING_VIOLATION)
+        for slot in own_slots(access, share):
+            _lock(fd, F_OFD_SETLK, fcntl.F_RDLCK, slot)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def others_hold(fd: int, slot: int) -> bool:
+    """Whether another open of the file holds ``slot`` (e.g. HAS_DELETE before a rename)."""
+    return _held_by_other(fd, slot)

@@ -1,0 +1,1 @@
+"""Transports that deliver whole SMB2 messages to a connection (direct TCP, the RDMA proxy)."""

@@ -1,0 +1,161 @@
+"""The worker process: serves every channel of one client (one ClientGUID).
+
+smbdd starts it with one end of a SOCK_SEQPACKET pair (see smbd.control) and passes it
+connected TCP sockets, or Unix sockets on which the RDMA proxy relays an SMB Direct
+connection. Disk I/O runs on a small thread pool; the event loop only does protocol work.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+
+from smbd.control import recv_record, send_record
+from smbd.server.config import ServerConfig
+from smbd.server.connection import SmbConnection
+from smbd.server.state import ServerState
+from smbd.transport.tcp import MAX_IN_FLIGHT, TcpTransport
+
+log = logging.getLogger("smbd.worker")
+SHUTDOWN_GRACE = 10.0  # seconds in-flight requests get to finish on SIGTERM/shutdown
+
+
+class Worker:
+    def __init__(self, control: socket.socket):
+        self.control = control
+        self.server: ServerState | None = None
+        self.done = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+        self.idle_reported = False
+        self.seen = 0  # control records processed; smbdd retires us only if we saw them all
+
+    def start(self) -> None:
+        self.control.setblocking(False)
+        self.loop.add_reader(self.control.fileno(), self._on_control)
+
+    def _on_control(self) -> None:
+        while True:
+            try:
+                record, fds = recv_record(self.control)
+            except BlockingIOError:
+                return
+            except (OSError, ValueError) as e:
+                log.error("control channel broken: %s", e)
+                record, fds = None, []
+            if record is None:
+                log.info("smbdd went away; shutting down")
+                self.loop.create_task(self.shutdown())
+                self.loop.remove_reader(self.control.fileno())
+                return
+            self._dispatch(record, fds)
+
+    def _dispatch(self, record: dict, fds: list[int]) -> None:
+        self.seen += 1
+        op = record.get("op")
+        if op == "config":
+            self.server = ServerState(ServerConfig.from_json(record["config"]))
+        elif op == "tcp" and self.server is not None and fds:
+            self.loop.create_task(self._serve_tcp(fds[0], record.get("peer", "?"),
+                                                  bytes.fromhex(record.get("first", ""))))
+            self.idle_reported = False
+        elif op == "channel" and self.server is not None and fds:
+            from smbd.transport.proxy import serve_proxy_channel
+            self.loop.create_task(serve_proxy_channel(self, fds[0], record))
+            self.idle_reported = False
+        elif op == "exit":
+            if self.server is None or not self.server.connections:
+                self.loop.create_task(self.shutdown())
+        elif op == "shutdown":
+            self.loop.create_task(self.shutdown())
+        else:
+            for fd in fds:
+                os.close(fd)
+            log.warning("unexpected control record %r", op)
+
+    async def _serve_tcp(self, fd: int, peer: str, first: bytes) -> None:
+        sock = socket.socket(fileno=fd)
+        server = self.server
+        holder: dict[str, SmbConnection] = {}
+
+        def on_message(message: bytes) -> None:
+            conn = holder["conn"]
+            conn.receive(message)
+            if len(conn.tasks) > MAX_IN_FLIGHT:
+                transport.pause_reading()
+                conn_task_watch(conn)
+
+        def conn_task_watch(conn: SmbConnection) -> None:
+            def resume(_t):
+                if len(conn.tasks) <= MAX_IN_FLIGHT // 2:
+                    transport.resume_reading()
+            for t in list(conn.tasks):
+                t.add_done_callback(resume)
+
+        def on_lost() -> None:
+            conn = holder.get("conn")
+            if conn is not None:
+                conn.close()
+            self.check_idle()
+
+        transport = TcpTransport(peer, server.config.max_io_size + 64 * 1024, on_message, on_lost)
+        conn = SmbConnection(server, transport)
+        holder["conn"] = conn
+        server.connections.add(conn)
+        await self.loop.connect_accepted_socket(lambda: transport, sock)
+        log.info("%s: TCP connection", peer)
+        if first:
+            try:
+                transport.feed_initial(first)
+            except Exception:
+                log.exception("%s: first message", peer)
+                transport.close()
+
+    def check_idle(self) -> None:
+        if self.server is not None and not self.server.connections and not self.idle_reported:
+            self.idle_reported = True
+            try:
+                send_record(self.control, {"op": "idle", "seen": self.seen})
+            except OSError:
+                pass
+
+    async def shutdown(self) -> None:
+        """Finish in-flight requests (bounded), then close every connection and exit."""
+        server = self.server
+        if server is not None:
+            tasks = [t for c in list(server.connections) for t in c.tasks]
+            if tasks:
+                await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
+            for conn in list(server.connections):
+                conn.close()
+            await asyncio.sleep(0)
+            await self.loop.run_in_executor(None, server.shutdown)
+        self.done.set()
+
+
+async def run(control_fd: int) -> None:
+    control = socket.socket(fileno=control_fd)
+    worker = Worker(control)
+    loop = asyncio.get_running_loop()
+    # smbdd handles SIGINT/SIGTERM for the whole group and tells workers what to do.
+    loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(worker.shutdown()))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker.start()
+    await worker.done.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="smbd-worker")
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format=f"%(asctime)s worker[{os.getpid()}] %(name)s %(levelname)s: %(message)s")
+    asyncio.run(run(args.control_fd))
+
+
+if __name__ == "__main__":
+    main()

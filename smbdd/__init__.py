@@ -1,0 +1,1 @@
+"""smbdd: the central daemon (TCP acceptor, worker supervisor, SMB Direct proxy)."""

@@ -1,0 +1,94 @@
+"""The `smbdd` command: parse settings, bind, start the acceptor (and the RDMA proxy), run."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import logging
+import signal
+import sys
+
+from .acceptor import Acceptor
+from .config import ConfigError, Settings, build
+from .supervisor import Supervisor
+
+log = logging.getLogger("smbdd")
+SHUTDOWN_GRACE = 15.0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smbdd", description="SMB3 file server with an SMB Direct (RDMA) proxy.")
+    p.add_argument("--share", action="append", metavar="NAME=PATH", help="share a directory (repeatable)")
+    p.add_argument("--user", action="append", metavar="NAME:PASSWORD", help="add a user (repeatable)")
+    p.add_argument("--users", metavar="FILE", help="file of NAME:PASSWORD lines")
+    p.add_argument("--listen", action="append", metavar="ADDR", help="address to listen on (repeatable)")
+    p.add_argument("--port", type=int, help="TCP port (default 445)")
+    p.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    p.add_argument("--encrypt", choices=["off", "auto", "desired", "required"],
+                   help="encryption policy (default auto: offered, used when the client asks)")
+    p.add_argument("--signing", choices=["auto", "required"], help="require signing on every session")
+    p.add_argument("--device", action="append", metavar="DEV", help="RDMA device for SMB Direct (repeatable)")
+    p.add_argument("--no-rdma", action="store_true", help="serve TCP only, even if RDMA devices exist")
+    p.add_argument("--rdma-listen", action="append", metavar="ADDR",
+                   help="address for SMB Direct (default: the devices' addresses)")
+    p.add_argument("--state-dir", help="where the lab default keeps its share and password")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+async def serve(settings: Settings, args) -> int:
+    loop = asyncio.get_running_loop()
+    supervisor = Supervisor(settings.server, args.log_level)
+    acceptor = Acceptor(supervisor)
+    try:
+        acceptor.listen(settings.listen, settings.port)
+    except OSError as e:
+        reason = {errno.EADDRINUSE: "is already in use", errno.EACCES: "needs root (or CAP_NET_BIND_SERVICE)",
+                  errno.EADDRNOTAVAIL: "is not an address of this machine"}.get(e.errno, e.strerror)
+        print(f"smbdd: cannot listen on port {settings.port} of {', '.join(settings.listen)}: {reason}",
+              file=sys.stderr)
+        return 1
+    proxy = None
+    if settings.devices != []:
+        from .rdma_start import start_rdma
+        proxy = await start_rdma(settings, supervisor, args)
+    acceptor.start()
+    for line in settings.banner:
+        print(f"smbdd: {line}", flush=True)
+    ports = ", ".join(f"{a}:{settings.port}" for a in settings.listen)
+    shares = ", ".join(s.name for s in settings.server.shares)
+    print(f"smbdd: serving {shares} over TCP on {ports}", flush=True)
+    if settings.banner:
+        user = settings.server.users[0].name
+        host = "127.0.0.1" if settings.listen == ["0.0.0.0"] else settings.listen[0]
+        port_opt = "" if settings.port == 445 else f" -p {settings.port}"
+        print(f"smbdd: connect with: smbclient //{host}/share{port_opt} -U {user}", flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: no new connections, finishing in-flight requests")
+    acceptor.close()
+    if proxy is not None:
+        await proxy.stop_listening()
+    await supervisor.shutdown(SHUTDOWN_GRACE)
+    if proxy is not None:
+        await proxy.close()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s smbdd %(name)s %(levelname)s: %(message)s")
+    try:
+        settings = build(args)
+    except ConfigError as e:
+        print(f"smbdd: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(asyncio.run(serve(settings, args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Worker processes, one per client (ClientGUID), as Samba forks one smbd per client.
+
+A worker's crash loses only that client's connections; it is logged with its cause and
+the next connection of that client gets a fresh worker.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import uuid
+from dataclasses import dataclass, field
+
+from smbd.control import recv_record, send_record
+from smbd.server.config import ServerConfig
+
+log = logging.getLogger("smbdd.supervisor")
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    key: uuid.UUID | None  # the ClientGUID it serves; None for clients without one
+    proc: asyncio.subprocess.Process
+    control: socket.socket
+    sent: int = 0  # records sent since start: an "idle" that saw fewer is stale
+    connections: int = 0
+    exiting: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Supervisor:
+    def __init__(self, config: ServerConfig, log_level: str = "INFO"):
+        self.config = config
+        self.log_level = log_level
+        self.by_guid: dict[uuid.UUID, WorkerHandle] = {}
+        self.workers: set[WorkerHandle] = set()
+        self.stopping = False
+        self.crashes = 0
+
+    async def _start_worker(self, key: uuid.UUID | None) -> WorkerHandle:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "smbd.worker", "--control-fd", str(child.fileno()),
+            "--log-level", self.log_level, pass_fds=[child.fileno()])
+        child.close()
+        parent.setblocking(False)
+        handle = WorkerHandle(key, proc, parent)
+        self.workers.add(handle)
+        if key is not None:
+            self.by_guid[key] = handle
+        self._send(handle, {"op": "config", "config": self.config.to_json()})
+        loop = asyncio.get_running_loop()
+        loop.add_reader(parent.fileno(), self._on_control, handle)
+        loop.create_task(self._watch(handle))
+        log.info("worker %d started for client %s", proc.pid, key or "(no ClientGUID)")
+        return handle
+
+    def _send(self, handle: WorkerHandle, record: dict, fds: list[int] = ()) -> None:
+        send_record(handle.control, {**record, "seq": handle.sent}, fds)
+        handle.sent += 1
+
+    def _on_control(self, handle: WorkerHandle) -> None:
+        while True:
+            try:
+                record, fds = recv_record(handle.control)
+            except BlockingIOError:
+                return
+            except (OSError, ValueError):
+                record, fds = None, []
+            for fd in fds:
+                os.close(fd)
+            if record is None:
+                asyncio.get_running_loop().remove_reader(handle.control.fileno())
+                return
+            if record.get("op") == "idle" and not handle.exiting:
+                # Retire the worker only if it has seen everything we sent it.
+                if record.get("seen", handle.sent) >= handle.sent:
+                    self._retire(handle)
+                    self._send(handle, {"op": "exit"})
+
+    def _retire(self, handle: WorkerHandle) -> None:
+        handle.exiting = True
+        if handle.key is not None and self.by_guid.get(handle.key) is handle:
+            del self.by_guid[handle.key]
+
+    async def _watch(self, handle: WorkerHandle) -> None:
+        code = await handle.proc.wait()
+        self._retire(handle)
+        self.workers.discard(handle)
+        try:
+            asyncio.get_running_loop().remove_reader(handle.control.fileno())
+        except (ValueError, OSError):
+            pass
+        handle.control.close()
+        handle.done.set()
+        if code == 0:
+            log.info("worker %d exited", handle.proc.pid)
+        else:
+            self.crashes += 1
+            cause = (f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}")
+            log.error("worker %d for client %s died (%s); its connections are lost, smbdd goes on",
+                      handle.proc.pid, handle.key or "(no ClientGUID)", cause)
+
+    async def hand_over(self, key: uuid.UUID | None, record: dict, fd: int) -> None:
+        """Give a connection (TCP socket or proxy channel) to the worker that owns the client."""
+        if self.stopping:
+            os.close(fd)
+            return
+        handle = self.by_guid.get(key) if key is not None else None
+        if handle is None or handle.exiting or handle.proc.returncode is not None:
+            handle = await self._start_worker(key)
+        try:
+            self._send(handle, record, [fd])
+        except OSError as e:
+            log.error("could not pass connection to worker %d: %s", handle.proc.pid, e)
+            self._retire(handle)
+        finally:
+            os.close(fd)
+
+    async def shutdown(self, grace: float) -> None:
+        """Tell every worker to finish in-flight requests and exit; kill the ones that do not."""
+        self.stopping = True
+        for handle in list(self.workers):
+            try:
+                self._send(handle, {"op": "shutdown"})
+            except OSError:
+                pass
+        waits = [h.done.wait() for h in self.workers]
+        if waits:
+            done, pending = await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=grace)
+            for handle in list(self.workers):
+                if handle.proc.returncode is None:
+                    log.warning("worker %d did not stop in time; killing it", handle.proc.pid)
+                    handle.proc.kill()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
