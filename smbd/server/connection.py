@@ -68,6 +68,7 @@ class Request:
     created_file_id: tuple[int, int] | None = None  # a CREATE's handle, for related requests
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     status: int = NtStatus.SUCCESS  # a handler may answer with a non-error status and a body
+    invalidate_token: int | None = None  # SMB Direct: send the response with SEND_WITH_INVALIDATE
 
     @property
     def server(self) -> "ServerState":
@@ -368,8 +369,12 @@ class SmbConnection:
         if session is not None and session.keys is not None and session.keys.encrypting:
             plain = b"".join(bytes(p) for p in message)
             message = [crypto.encrypt_message(self.cipher, session.keys.encrypting, session.session_id, plain)]
+        token = next((r.invalidate_token for r in requests if r.invalidate_token is not None), None)
         async with self.send_lock:
-            await self.transport.send(message)
+            if token is None:
+                await self.transport.send(message)
+            else:
+                await self.transport.send(message, invalidate_token=token)
 
     def _encrypting_session(self, requests: list[Request]) -> Session | None:
         """Responses on a session or share that requires encryption are encrypted (3.3.4.1.4)."""

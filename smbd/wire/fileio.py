@@ -104,12 +104,13 @@ READ_RESPONSE_DATA_OFFSET = HEADER_SIZE + 16  # 80: data follows the 16-byte fix
 def read_response_header(data_length: int, data_remaining: int = 0, *, inline: bool = True) -> bytes:
     """The fixed part of an SMB2 READ Response (2.2.20); the data follows at offset 80.
 
-    For RDMA channels the data went by RDMA write: DataOffset/DataLength are 0... except
-    DataRemaining, which carries the number of bytes written (3.3.5.12).
+    For RDMA channels the data went by RDMA write: DataLength is 0 and DataRemaining
+    carries the number of bytes written (3.3.5.12); DataOffset stays 80, as Windows and
+    ksmbd send it.
     """
     if inline:
         return _READ_RESP.pack(17, READ_RESPONSE_DATA_OFFSET, 0, data_length, data_remaining, 0)
-    return _READ_RESP.pack(17, 0, 0, 0, data_remaining, 0)
+    return _READ_RESP.pack(17, READ_RESPONSE_DATA_OFFSET, 0, 0, data_remaining, 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -285,7 +285,8 @@ async def handle_write(req: "Request") -> bytes:
         raise SmbError(NtStatus.ACCESS_DENIED)
     if op.tree.share.read_only:
         raise SmbError(NtStatus.ACCESS_DENIED)
-    length = wr.length
+    # Over RDMA, Length is 0 and RemainingBytes says how much to pull from the client (2.2.21).
+    length = wr.length if wr.channel == fileio.Channel.NONE else wr.remaining_bytes
     if length > req.server.config.max_io_size:
         raise SmbError(NtStatus.INVALID_PARAMETER, "write larger than MaxWriteSize")
     _check_charge(req, max(length, 1))

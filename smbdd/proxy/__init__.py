@@ -1,0 +1,1 @@
+"""The SMB Direct (RDMA) proxy."""

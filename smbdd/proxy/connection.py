@@ -1,0 +1,375 @@
+"""One SMB Direct connection in the proxy: verbs endpoint + MS-SMBD core + relay to a worker.
+
+Everything runs on the daemon's event loop and never blocks: the endpoint's completion
+and rdma_cm descriptors are watched with add_reader, completions are drained with
+non-blocking polls, and the MS-SMBD core (sans-IO) says what to post. A slow or silent
+client only ever costs a few callbacks; it cannot hold the loop.
+
+Work request ids carry their kind in the top bits: receives and sends name their
+buffer, RDMA reads/writes name the worker's request.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import logging
+import socket
+from collections import deque
+from typing import TYPE_CHECKING
+
+from smbd.status import ProtocolViolation
+from smbd.transport import relay
+from smbdd.acceptor import client_guid_of
+from smbdd.smbdirect.connection import SmbdConnection
+from smbdd.smbdirect.errors import SmbdLocalError, SmbdProtocolError
+from smbdd.smbdirect.events import CloseConnection, MessageReceived, NegotiateDone, PostSend
+
+if TYPE_CHECKING:
+    from .server import Proxy
+
+log = logging.getLogger("smbdd.proxy")
+
+KIND_SHIFT = 56
+KIND_RECV, KIND_SEND, KIND_RDMA = 1, 2, 3
+IDX_MASK = (1 << KIND_SHIFT) - 1
+
+
+def _wr(kind: int, idx: int) -> int:
+    return (kind << KIND_SHIFT) | idx
+
+
+class _RdmaOp:
+    __slots__ = ("request_id", "pending", "moved", "failed")
+
+    def __init__(self, request_id: int, pending: int, moved: int):
+        self.request_id, self.pending, self.moved, self.failed = request_id, pending, moved, False
+
+
+class ProxyConnection:
+    def __init__(self, proxy: "Proxy", request):
+        from smbdd.rdma.verbs import Endpoint
+
+        self.proxy = proxy
+        self.loop = asyncio.get_running_loop()
+        cfg = proxy.smbd_config
+        self.core = SmbdConnection(cfg, now=self.loop.time())
+        self.peer = f"rdma:{request.peer_address}"
+        self.recv_size = cfg.max_receive_size
+        self.recv_count = cfg.receive_credit_max
+        self.send_size = cfg.max_send_size
+        self.send_count = cfg.max_sends_in_flight
+        self.sq_depth = self.send_count + proxy.max_rdma_ops + 8
+        self.ep = Endpoint(request, max_send_wr=self.sq_depth, max_recv_wr=self.recv_count)
+        self.device = self.ep.device
+        # Receive and send buffers of this connection, registered once.
+        self._recv_buf = ctypes.create_string_buffer(self.recv_size * self.recv_count)
+        self._send_buf = ctypes.create_string_buffer(self.send_size * self.send_count)
+        self._recv_mr = self.device.register(ctypes.addressof(self._recv_buf), len(self._recv_buf))
+        self._send_mr = self.device.register(ctypes.addressof(self._send_buf), len(self._send_buf))
+        self._free_send = deque(range(self.send_count))
+        self._pool_mr = proxy.pool_mr(self.device)
+        self._rdma_ops: dict[int, _RdmaOp] = {}
+        self._deferred: deque = deque()  # work requests waiting for send-queue room
+        self.sq_outstanding = 0
+        self.relay: RelayProtocol | None = None
+        self._early: list[bytes] = []
+        self.closed = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.stats = proxy.stats
+
+    # ---- setup ------------------------------------------------------------------------
+
+    def accept(self) -> None:
+        """Post every receive (the negotiate request's among them) before accepting (MS-SMBD 3.1.5)."""
+        for i in range(self.recv_count):
+            self._post_recv(i)
+        self.core.receive_reposted(self.recv_count)
+        self.loop.add_reader(self.ep.cq_fd, self._on_cq)
+        self.loop.add_reader(self.ep.cm_fd, self._on_cm)
+        self.ep.accept()
+        self._arm_timer()
+        log.info("%s: SMB Direct connection accepted", self.peer)
+
+    def _post_recv(self, i: int) -> None:
+        self.ep.post_recv(_wr(KIND_RECV, i), ctypes.addressof(self._recv_buf) + i * self.recv_size,
+                          self.recv_size, self._recv_mr.lkey)
+
+    # ---- events from the queue pair ---------------------------------------------------------
+
+    def _on_cm(self) -> None:
+        try:
+            kinds = self.ep.poll_cm_events()
+        except OSError as e:
+            self.close(f"rdma_cm: {e}")
+            return
+        from smbdd.rdma.verbs import CmEvent
+
+        if any(k in (CmEvent.DISCONNECTED, CmEvent.DEVICE_REMOVAL, CmEvent.TIMEWAIT_EXIT) for k in kinds):
+            self.close("peer disconnected")
+
+    def _on_cq(self) -> None:
+        try:
+            completions = self.ep.poll_completions()
+        except OSError as e:
+            self.close(f"completion queue: {e}")
+            return
+        now = self.loop.time()
+        try:
+            for c in completions:
+                kind, idx = c.wr_id >> KIND_SHIFT, c.wr_id & IDX_MASK
+                if c.status != 0:
+                    self._failed(kind, idx, c.status)
+                    continue
+                if kind == KIND_RECV:
+                    start = idx * self.recv_size
+                    data = self._recv_buf.raw[start:start + c.byte_len] if c.byte_len < 256 else \
+                        ctypes.string_at(ctypes.addressof(self._recv_buf) + start, c.byte_len)
+                    self.core.receive(data, now)
+                    if not self.closed:
+                        self._post_recv(idx)
+                        self.core.receive_reposted(1)
+                elif kind == KIND_SEND:
+                    self.sq_outstanding -= 1
+                    self._free_send.append(idx)
+                    self.core.send_completed(1)
+                elif kind == KIND_RDMA:
+                    self.sq_outstanding -= 1
+                    self._rdma_completed(idx)
+        except SmbdProtocolError as e:
+            log.warning("%s: malformed SMB Direct message: %s", self.peer, e)
+        except SmbdLocalError as e:
+            log.error("%s: %s", self.peer, e)
+            self.close(str(e))
+            return
+        self._drive()
+        self._post_deferred()
+
+    def _failed(self, kind: int, idx: int, status: int) -> None:
+        if kind == KIND_RDMA:
+            self.sq_outstanding -= 1
+            op = self._rdma_ops.get(idx >> 8)
+            if op is not None:
+                op.failed = True
+                self._rdma_completed(idx)
+        if not self.closed:
+            # A flushed or failed work request means the queue pair is in error: done.
+            self.close(f"work completion status {status}")
+
+    # ---- driving the MS-SMBD core ----------------------------------------------------------
+
+    def _drive(self) -> None:
+        for ev in self.core.events():
+            if isinstance(ev, PostSend):
+                self._post_send(ev.payload, ev.invalidate_rkey)
+            elif isinstance(ev, MessageReceived):
+                self.stats["messages_in"] += 1
+                self._to_worker(ev.smb2)
+            elif isinstance(ev, NegotiateDone):
+                log.info("%s: negotiated send %d recv %d fragmented %d rw %d", self.peer,
+                         ev.params.max_send_size, ev.params.max_receive_size,
+                         ev.params.max_fragmented_recv_size, ev.params.max_read_write_size)
+            elif isinstance(ev, CloseConnection):
+                self.close(ev.reason)
+                return
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.core.next_deadline()
+        if deadline is not None and not self.closed:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        self.core.timer(self.loop.time())
+        self._drive()
+
+    def _post_send(self, payload: bytes, invalidate_rkey: int | None) -> None:
+        if not self._free_send:
+            raise SmbdLocalError("no free send buffer: the core exceeded max_sends_in_flight")
+        idx = self._free_send.popleft()
+        addr = ctypes.addressof(self._send_buf) + idx * self.send_size
+        ctypes.memmove(addr, payload, len(payload))
+        self._submit(lambda: self.ep.post_send(_wr(KIND_SEND, idx), addr, len(payload), self._send_mr.lkey,
+                                               invalidate_rkey=invalidate_rkey))
+        if invalidate_rkey is not None:
+            self.stats["send_with_invalidate"] += 1
+
+    def _submit(self, post) -> None:
+        """Post now if the send queue has room, else when completions free it (in order)."""
+        if self._deferred or self.sq_outstanding >= self.sq_depth:
+            self._deferred.append(post)
+            return
+        self.sq_outstanding += 1
+        post()
+
+    def _post_deferred(self) -> None:
+        while self._deferred and self.sq_outstanding < self.sq_depth and not self.closed:
+            self.sq_outstanding += 1
+            self._deferred.popleft()()
+
+    # ---- relay to the worker ----------------------------------------------------------------
+
+    def _to_worker(self, smb2: bytes) -> None:
+        if self.relay is not None:
+            self.relay.send_message(smb2)
+            return
+        self._early.append(smb2)
+        if len(self._early) == 1:
+            self.loop.create_task(self._open_relay(smb2))
+
+    async def _open_relay(self, first: bytes) -> None:
+        """Route the connection by the ClientGUID of its first NEGOTIATE, like TCP ones."""
+        guid = client_guid_of(first)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        await self.proxy.supervisor.hand_over(guid, {"op": "channel", "peer": self.peer}, theirs.detach())
+        _, proto = await self.loop.connect_accepted_socket(lambda: RelayProtocol(self), ours)
+        if self.closed:
+            proto.close()
+            return
+        self.relay = proto
+        proto.write(relay.setup({"pool": self.proxy.pool.name, "slot_size": self.proxy.pool.slot_size,
+                                 "peer": self.peer,
+                                 "max_read_write_size": self.proxy.smbd_config.max_read_write_size}))
+        early, self._early = self._early, []
+        for msg in early:
+            proto.send_message(msg)
+
+    def from_worker(self, fr: relay.Frame) -> None:
+        if fr.type == relay.FrameType.MESSAGE:
+            smb2, token = fr.message()
+            self.stats["messages_out"] += 1
+            try:
+                self.core.send_message(smb2, invalidate_token=token)
+            except SmbdLocalError as e:
+                self.close(f"worker message: {e}")
+                return
+            self._drive()
+        elif fr.type == relay.FrameType.ALLOC:
+            self.proxy.allocate(self, fr.u32())
+        elif fr.type == relay.FrameType.RELEASE:
+            self.proxy.release(self, fr.u32())
+        elif fr.type in (relay.FrameType.RDMA_WRITE, relay.FrameType.RDMA_READ):
+            self._start_rdma(fr.type, *fr.rdma())
+        else:
+            raise ProtocolViolation(f"unexpected relay frame {fr.type} from worker")
+
+    def alloc_done(self, request_id: int, slot: int) -> None:
+        if self.relay is not None:
+            self.relay.write(relay.alloc_done(request_id, slot))
+
+    # ---- RDMA read/write on the worker's behalf ----------------------------------------------
+
+    def _start_rdma(self, ftype: int, request_id: int, slot: int, length: int, descriptors) -> None:
+        pool = self.proxy.pool
+        if not self.proxy.owns(self, slot) or length > pool.slot_size:
+            raise ProtocolViolation("RDMA request on a slot the worker does not hold")
+        if sum(d.length for d in descriptors) < length or not descriptors:
+            self.relay.write(relay.rdma_done(request_id, -errno.EINVAL, 0))
+            return
+        write = ftype == relay.FrameType.RDMA_WRITE
+        chunks = []
+        done = 0
+        for d in descriptors:
+            if done >= length:
+                break
+            n = min(d.length, length - done)
+            chunks.append((pool.slot_address(slot) + done, n, d.offset, d.token))
+            done += n
+        if len(chunks) > 255:
+            self.relay.write(relay.rdma_done(request_id, -errno.EINVAL, 0))
+            return
+        op_id = self.proxy.next_op_id()
+        op = _RdmaOp(request_id, len(chunks), length)
+        self._rdma_ops[op_id] = op
+        lkey = self._pool_mr.lkey
+        for i, (local, n, remote, rkey) in enumerate(chunks):
+            wr_id = _wr(KIND_RDMA, (op_id << 8) | i)
+            if write:
+                self._submit(lambda w=wr_id, a=local, n=n, r=remote, k=rkey:
+                             self.ep.post_rdma_write(w, a, n, lkey, r, k))
+            else:
+                self._submit(lambda w=wr_id, a=local, n=n, r=remote, k=rkey:
+                             self.ep.post_rdma_read(w, a, n, lkey, r, k))
+        self.stats["rdma_writes" if write else "rdma_reads"] += 1
+        self.stats["rdma_bytes"] += length
+
+    def _rdma_completed(self, idx: int) -> None:
+        op_id = idx >> 8
+        op = self._rdma_ops.get(op_id)
+        if op is None:
+            return
+        op.pending -= 1
+        if op.pending == 0:
+            del self._rdma_ops[op_id]
+            if self.relay is not None:
+                self.relay.write(relay.rdma_done(op.request_id, -errno.EIO if op.failed else 0,
+                                                 0 if op.failed else op.moved))
+
+    # ---- teardown ----------------------------------------------------------------------------
+
+    def close(self, reason: str = "") -> None:
+        """Free everything this connection holds: QP, CQ, MRs, pool slots, the relay."""
+        if self.closed:
+            return
+        self.closed = True
+        log.info("%s: SMB Direct connection closed%s", self.peer, f" ({reason})" if reason else "")
+        self.core.close()
+        if self._timer is not None:
+            self._timer.cancel()
+        for fd in (self.ep.cq_fd, self.ep.cm_fd):
+            try:
+                self.loop.remove_reader(fd)
+            except (ValueError, OSError):
+                pass
+        try:
+            self.ep.disconnect()
+        except OSError:
+            pass
+        self.ep.close()
+        for mr in (self._recv_mr, self._send_mr):
+            mr.close()
+        self.proxy.connection_closed(self)
+        if self.relay is not None:
+            self.relay.close()
+
+
+class RelayProtocol(asyncio.Protocol):
+    """The proxy's end of the relay socket to the worker."""
+
+    def __init__(self, conn: ProxyConnection):
+        self.conn = conn
+        self.decoder = relay.FrameDecoder()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            for fr in self.decoder.feed(data):
+                self.conn.from_worker(fr)
+        except ProtocolViolation as e:
+            log.error("%s: worker relay: %s", self.conn.peer, e)
+            self.conn.close("worker relay error")
+
+    def connection_lost(self, exc) -> None:
+        self.transport = None
+        self.conn.close("worker gone")
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def send_message(self, smb2: bytes) -> None:
+        if self.transport is not None:
+            self.transport.writelines([relay.message(len(smb2)), smb2])
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

@@ -1,0 +1,156 @@
+"""The SMB Direct proxy: rdma_cm listeners, the shared-memory pool, per-connection drivers.
+
+The pool is registered as one memory region per device, once; every connection of the
+device does its RDMA reads and writes through that region, and workers name slots by
+integer. Slots are lent per I/O and queued when the pool is exhausted, so a burst of
+large I/O waits (and, through SMB2 credits, slows the client) instead of growing memory.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from collections import Counter, deque
+
+from smbdd.smbdirect.connection import SmbdConfig
+
+from .connection import ProxyConnection
+
+log = logging.getLogger("smbdd.proxy")
+
+DEFAULT_SLOTS = 64  # x MaxReadWriteSize (1 MiB) = 64 MiB of pool
+
+
+class Proxy:
+    def __init__(self, settings, supervisor, devices: list[str], *, listen: list[str] | None = None,
+                 slot_count: int = DEFAULT_SLOTS, max_read_write_size: int = 1024 * 1024):
+        self.settings = settings
+        self.supervisor = supervisor
+        self.devices = devices
+        self.listen_addresses = listen
+        self.smbd_config = SmbdConfig(max_read_write_size=max_read_write_size,
+                                      max_fragmented_size=max(1024 * 1024, max_read_write_size))
+        self.max_rdma_ops = 64
+        self.slot_count = slot_count
+        self.pool = None
+        self.allocator = None
+        self._mrs: dict[str, object] = {}
+        self._slot_owner: dict[int, ProxyConnection] = {}
+        self._alloc_waiters: deque[tuple[ProxyConnection, int]] = deque()
+        self.listeners: list = []
+        self.connections: set[ProxyConnection] = set()
+        self._op_ids = itertools.count(1)
+        self.stats: Counter = Counter()
+
+    async def start(self) -> None:
+        from shm.allocator import SlotAllocator
+        from shm.pool import BufferPool
+        from smbdd.rdma.verbs import Device, Listener, describe_device
+
+        self.pool = BufferPool.create(f"smbdd-{os.getpid()}", self.smbd_config.max_read_write_size, self.slot_count)
+        self.allocator = SlotAllocator(self.slot_count)
+        loop = asyncio.get_running_loop()
+        interfaces = []
+        for name in self.devices:
+            info = describe_device(name)
+            dev = Device.get(name)
+            self._mrs[name] = dev.register(self.pool.base_address, self.pool.size)
+            interfaces.extend(info.netdevs)
+            addresses = self.listen_addresses or list(info.addresses)
+            port = self.settings.rdma_port or info.smbd_port
+            if not addresses:
+                log.warning("RDMA device %s has no IP address; not listening on it", name)
+            for addr in addresses:
+                listener = Listener(addr, port)
+                self.listeners.append(listener)
+                loop.add_reader(listener.fd, self._on_listener, listener)
+                print(f"smbdd: SMB Direct on {name} {addr}:{port} ({info.transport})", flush=True)
+        # FSCTL_QUERY_NETWORK_INTERFACE_INFO marks these interfaces RDMA_CAPABLE.
+        from dataclasses import replace
+        self.supervisor.config = replace(self.supervisor.config, rdma_interfaces=tuple(interfaces))
+
+    def pool_mr(self, device) -> object:
+        return self._mrs[device.name]
+
+    def next_op_id(self) -> int:
+        return next(self._op_ids) & 0xFFFFFFFFFF
+
+    def _on_listener(self, listener) -> None:
+        try:
+            requests = listener.poll()
+        except OSError as e:
+            log.error("rdma_cm listener: %s", e)
+            return
+        for request in requests:
+            if self.supervisor.stopping:
+                request.reject()
+                continue
+            try:
+                conn = ProxyConnection(self, request)
+            except OSError as e:
+                log.error("cannot set up SMB Direct connection from %s: %s", request.peer_address, e)
+                try:
+                    request.reject()
+                except OSError:
+                    pass
+                continue
+            self.connections.add(conn)
+            try:
+                conn.accept()
+            except OSError as e:
+                conn.close(f"accept failed: {e}")
+
+    # ---- pool slots ---------------------------------------------------------------------
+
+    def allocate(self, conn: ProxyConnection, request_id: int) -> None:
+        slot = self.allocator.acquire(conn)
+        if slot is None:
+            self.stats["pool_exhausted"] += 1
+            self._alloc_waiters.append((conn, request_id))
+            return
+        self._slot_owner[slot] = conn
+        conn.alloc_done(request_id, slot)
+
+    def owns(self, conn: ProxyConnection, slot: int) -> bool:
+        return self._slot_owner.get(slot) is conn
+
+    def release(self, conn: ProxyConnection, slot: int) -> None:
+        if self._slot_owner.get(slot) is not conn:
+            log.error("%s: released slot %d it does not hold", conn.peer, slot)
+            conn.close("bad slot release")
+            return
+        del self._slot_owner[slot]
+        self.allocator.release(slot)
+        self._serve_waiters()
+
+    def _serve_waiters(self) -> None:
+        while self._alloc_waiters and self.allocator.free:
+            conn, request_id = self._alloc_waiters.popleft()
+            if not conn.closed:
+                self.allocate(conn, request_id)
+
+    def connection_closed(self, conn: ProxyConnection) -> None:
+        self.connections.discard(conn)
+        for slot in self.allocator.release_all_of(conn):
+            self._slot_owner.pop(slot, None)
+        self._alloc_waiters = deque(w for w in self._alloc_waiters if w[0] is not conn)
+        self._serve_waiters()
+
+    # ---- shutdown ----------------------------------------------------------------------
+
+    async def stop_listening(self) -> None:
+        loop = asyncio.get_running_loop()
+        for listener in self.listeners:
+            loop.remove_reader(listener.fd)
+            listener.close()
+        self.listeners.clear()
+
+    async def close(self) -> None:
+        for conn in list(self.connections):
+            conn.close("shutting down")
+        for mr in self._mrs.values():
+            mr.close()
+        if self.pool is not None:
+            self.pool.close()
+        log.info("proxy stats: %s", dict(self.stats))
