@@ -157,7 +157,7 @@ def _open_file(server: "ServerState", req: "Request", create: CreateRequest, com
     try:
         sharemode.acquire(fd, access, create.share_access)
         if create_new or truncate:
-            attrs = create.file_attributes & ~(FileAttributes.DIRECTORY | FileAttributes.NORMAL)
+            attrs = create.file_attributes & ~int(FileAttributes.DIRECTORY | FileAttributes.NORMAL)
             if attrs:
                 vfs.set_dos_attributes(fd, attrs)
         info = vfs.stat_fd(fd, components[-1] if components else "")

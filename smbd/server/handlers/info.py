@@ -55,6 +55,8 @@ async def handle_query_directory(req: "Request") -> bytes:
     restart = qd.flags & (QueryDirectoryFlags.RESTART_SCANS | QueryDirectoryFlags.REOPEN)
     if restart or cursor.entries is None:
         pattern = qd.pattern or "*"
+        if pattern == "*.*":
+            pattern = "*"  # the DOS spelling of "everything", as Windows and Samba treat it
         if "\\" in pattern or "/" in pattern:
             raise SmbError(NtStatus.OBJECT_NAME_INVALID)
         with translate_oserror():
@@ -176,7 +178,7 @@ async def _set_file_info(req: "Request", op: Open, si: SetInfoRequest) -> None:
                 raise SmbError(NtStatus.INVALID_PARAMETER, "TEMPORARY attribute on a directory")
             await server.io(lambda: vfs.set_basic_info(
                 op.fd, creation_time=value.creation_time, last_access_time=value.last_access_time,
-                last_write_time=value.last_write_time, attributes=attrs & ~FileAttributes.DIRECTORY))
+                last_write_time=value.last_write_time, attributes=attrs & ~int(FileAttributes.DIRECTORY)))
         elif cls == FileInfoClass.FileRenameInformation:
             await _rename(req, op, value)
         elif cls in (FileInfoClass.FileDispositionInformation, FileInfoClass.FileDispositionInformationEx):
