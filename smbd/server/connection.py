@@ -380,6 +380,8 @@ class SmbConnection:
         """Responses on a session or share that requires encryption are encrypted (3.3.4.1.4)."""
         for req in requests:
             s = req.session
+            if req.header.command == Command.SESSION_SETUP and not req.encrypted:
+                continue  # the client has no keys until it reads this response
             if s is not None and s.state == SessionState.VALID and s.keys and s.keys.encrypting and (
                     s.encrypt_data or (req.tree is not None and req.tree.encrypt)):
                 return s

@@ -81,7 +81,7 @@ FILE_GENERIC_EXECUTE = 0x001200A0
 WRITE_ACCESS = (Access.FILE_WRITE_DATA | Access.FILE_APPEND_DATA | Access.FILE_WRITE_EA
                 | Access.FILE_WRITE_ATTRIBUTES | Access.DELETE | Access.WRITE_DAC
                 | Access.WRITE_OWNER | Access.FILE_DELETE_CHILD)
-VALID_ACCESS = 0x1F1F01FF  # bits a client may ask for (2.2.13.1)
+VALID_ACCESS = 0xF31F01FF  # generic, MAXIMUM_ALLOWED, SACL, standard and file-specific bits (2.2.13.1)
 
 
 def map_generic(mask: int) -> int:
