@@ -113,6 +113,7 @@ class SmbConnection:
         self.client_guid = None
         self.client_capabilities = 0
         self.client_security_mode = 0
+        self.client_dialects: tuple[int, ...] = ()
         self.server_capabilities = 0
         self.cipher = 0
         self.signing_algorithm = crypto.SIGNING_AES_CMAC

@@ -57,7 +57,8 @@ class Proxy:
             dev = Device.get(name)
             self._mrs[name] = dev.register(self.pool.base_address, self.pool.size)
             interfaces.extend(info.netdevs)
-            addresses = self.listen_addresses or list(info.addresses)
+            # Link-local IPv6 needs a scope id rdma_cm cannot take here; clients use the others.
+            addresses = self.listen_addresses or [a for a in info.addresses if not a.lower().startswith("fe80")]
             port = self.settings.rdma_port or info.smbd_port
             if not addresses:
                 log.warning("RDMA device %s has no IP address; not listening on it", name)

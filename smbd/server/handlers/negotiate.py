@@ -28,7 +28,7 @@ SIGNING_PREFERENCE = (crypto.SIGNING_AES_GMAC, crypto.SIGNING_AES_CMAC, crypto.S
 SMB2_0_2_MAX_IO = 65536
 
 
-def _security_mode(conn: "SmbConnection") -> int:
+def security_mode(conn: "SmbConnection") -> int:
     mode = SecurityMode.SIGNING_ENABLED
     if conn.server.config.signing_required:
         mode |= SecurityMode.SIGNING_REQUIRED
@@ -61,6 +61,7 @@ async def handle_negotiate(req: "Request") -> bytes:
     conn.client_guid = neg.client_guid if dialect != Dialect.SMB_2_0_2 else None
     conn.client_capabilities = neg.capabilities
     conn.client_security_mode = neg.security_mode
+    conn.client_dialects = neg.dialects  # FSCTL_VALIDATE_NEGOTIATE_INFO compares them (3.3.5.15.12)
     caps = 0
     if dialect >= Dialect.SMB_2_1:
         caps |= Capabilities.LARGE_MTU
@@ -76,7 +77,7 @@ async def handle_negotiate(req: "Request") -> bytes:
     conn.server_capabilities = caps
     conn.negotiated = True
     max_io = cfg.max_io_size if dialect >= Dialect.SMB_2_1 else SMB2_0_2_MAX_IO
-    resp = NegotiateResponse(_security_mode(conn), int(dialect), cfg.server_guid, caps, max_io, max_io,
+    resp = NegotiateResponse(security_mode(conn), int(dialect), cfg.server_guid, caps, max_io, max_io,
                              max_io, filetime_now(), initial_token(), tuple(contexts))
     return resp.pack()
 
@@ -131,7 +132,7 @@ async def handle_smb1_negotiate(conn: "SmbConnection", msg: memoryview) -> None:
         conn.dialect = int(dialect)
         conn.negotiated = True
         conn.signing_algorithm = crypto.SIGNING_HMAC_SHA256
-    resp = NegotiateResponse(_security_mode(conn), int(dialect), cfg.server_guid, 0, SMB2_0_2_MAX_IO,
+    resp = NegotiateResponse(security_mode(conn), int(dialect), cfg.server_guid, 0, SMB2_0_2_MAX_IO,
                              SMB2_0_2_MAX_IO, SMB2_0_2_MAX_IO, filetime_now(), initial_token())
     hdr = Header(0, NtStatus.SUCCESS, Command.NEGOTIATE, credits, Flags.SERVER_TO_REDIR, 0, 0, 0, 0, 0,
                  b"\0" * 16)
