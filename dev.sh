@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The project's entry points on a fresh Debian 12 machine (run as root: it installs packages).
+#
+#   ./dev.sh serve [smbdd options]   install what is needed, then run smbdd (no options: the lab
+#                                    default, a share of a directory it creates and a user with a
+#                                    generated password, printed with how to connect)
+#   ./dev.sh test [pytest args]      install what is needed, run every test: unit tests, real
+#                                    peers on loopback (smbclient, smbprotocol, impacket), and the
+#                                    RDMA tests in the soft-RoCE lab VM (shared/LAB.md)
+#   ./dev.sh torture                 the long smbtorture comparison against Samba's smbd, writing
+#                                    tests/torture/RESULTS.md (its own command: it takes minutes)
+#   ./dev.sh bench [args]            benchmarks against Samba (bench/)
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$repo"
+export SMBDD_VENV=${SMBDD_VENV:-/var/cache/smbdd/venv}
+cmd=${1:-help}
+shift || true
+
+install() { bash deploy/install-deps.sh; }
+
+case "$cmd" in
+  serve)
+    install >&2
+    exec "$SMBDD_VENV/bin/smbdd" "$@"
+    ;;
+  test)
+    install
+    # The cifs.ko with SMB Direct is built once from Debian's kernel source and cached.
+    bash deploy/lab/build-cifs.sh
+    exec "$SMBDD_VENV/bin/python" -m pytest -ra -m "not slow" "$@"
+    ;;
+  torture)
+    install
+    exec "$SMBDD_VENV/bin/python" -m tests.torture.compare --out tests/torture/RESULTS.md \
+      --json tests/torture/results.json "$@"
+    ;;
+  bench)
+    install
+    exec "$SMBDD_VENV/bin/python" -m bench "$@"
+    ;;
+  *)
+    sed -n '2,13p' "$0"
+    exit 2
+    ;;
+esac
