@@ -152,9 +152,10 @@ def parse_contexts(data: memoryview) -> dict[bytes, bytes]:
         end = pos + nxt if nxt else len(data)
         if nxt and (nxt % 8 or end > len(data)):
             raise SmbError(NtStatus.INVALID_PARAMETER, "bad create context Next")
-        if name_len == 0 or pos + name_off + name_len > end:
+        # The name follows the 16-byte header at once; data is 8-byte aligned (2.2.13.2).
+        if name_off != _CTX.size or name_len < 4 or pos + name_off + name_len > end:
             raise SmbError(NtStatus.INVALID_PARAMETER, "bad create context name")
-        if data_len and (pos + data_off + data_len > end or data_off < name_off + name_len):
+        if data_len and (data_off % 8 or pos + data_off + data_len > end or data_off < name_off + name_len):
             raise SmbError(NtStatus.INVALID_PARAMETER, "bad create context data")
         name = bytes(data[pos + name_off:pos + name_off + name_len])
         if name in out:
