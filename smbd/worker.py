@@ -58,6 +58,7 @@ class Worker:
         op = record.get("op")
         if op == "config":
             self.server = ServerState(ServerConfig.from_json(record["config"]))
+            send_record(self.control, {"op": "ready"})
         elif op == "tcp" and self.server is not None and fds:
             self.loop.create_task(self._serve_tcp(fds[0], record.get("peer", "?"),
                                                   bytes.fromhex(record.get("first", ""))))
@@ -147,6 +148,15 @@ async def run(control_fd: int) -> None:
     await worker.done.wait()
 
 
+def _preload() -> None:
+    """Import everything a request may need now, not in the middle of one: under the lab
+    VM's emulation an import costs seconds, and clients time out waiting."""
+    import shm.pool  # noqa: F401
+    import smbd.server.handlers.ioctl  # noqa: F401
+    import smbd.server.ipc  # noqa: F401
+    import smbd.transport.proxy  # noqa: F401
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="smbd-worker")
     parser.add_argument("--control-fd", type=int, required=True)
@@ -154,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format=f"%(asctime)s worker[{os.getpid()}] %(name)s %(levelname)s: %(message)s")
+    _preload()
     asyncio.run(run(args.control_fd))
 
 

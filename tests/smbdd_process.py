@@ -35,7 +35,7 @@ class Smbdd:
         return self.log_path.read_text()
 
     def worker_pids(self) -> list[int]:
-        return [int(p) for p in re.findall(r"worker (\d+) started", self.log())]
+        return [int(p) for p in re.findall(r"worker (\d+) serves client", self.log())]
 
     def stop(self, timeout: float = 30) -> int:
         if self.proc.poll() is None:

@@ -162,6 +162,7 @@ class OpenContext:
     mode: int = 0
     delete_pending: bool = False
     short_name: str | None = None
+    ea_size: int = 0  # FileEaInformation.EaSize of the file's extended attributes
 
 
 def encode_file_info(info_class: int, info: "FileInfo", ctx: OpenContext = OpenContext()) -> bytes:
@@ -176,7 +177,7 @@ def encode_file_info(info_class: int, info: "FileInfo", ctx: OpenContext = OpenC
         case c.FileInternalInformation:
             return file_internal_information(info)
         case c.FileEaInformation:
-            return file_ea_information(0)
+            return file_ea_information(ctx.ea_size)
         case c.FileAccessInformation:
             return file_access_information(ctx.access_mask)
         case c.FileNameInformation:
@@ -190,7 +191,7 @@ def encode_file_info(info_class: int, info: "FileInfo", ctx: OpenContext = OpenC
         case c.FileAllInformation:
             return file_all_information(info, name=ctx.name, access_mask=ctx.access_mask,
                                         position=ctx.position, mode=ctx.mode,
-                                        delete_pending=ctx.delete_pending)
+                                        delete_pending=ctx.delete_pending, ea_size=ctx.ea_size)
         case c.FileAlternateNameInformation:
             if ctx.short_name is None:
                 raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "no 8.3 name")

@@ -39,6 +39,13 @@ _NO_SESSION = {Command.NEGOTIATE, Command.SESSION_SETUP, Command.ECHO, Command.C
 _NO_TREE = _NO_SESSION | {Command.LOGOFF, Command.TREE_CONNECT, Command.OPLOCK_BREAK}
 
 
+def _command_name(command: int) -> str:
+    try:
+        return Command(command).name
+    except ValueError:
+        return f"command 0x{command:04x}"
+
+
 class Transport(Protocol):
     """What a connection needs from below: whole messages out, and maybe RDMA."""
 
@@ -69,16 +76,18 @@ class Request:
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     status: int = NtStatus.SUCCESS  # a handler may answer with a non-error status and a body
     invalidate_token: int | None = None  # SMB Direct: send the response with SEND_WITH_INVALIDATE
+    compound: "_CompoundReply | None" = None  # the responses of the message this request came in
 
     @property
     def server(self) -> "ServerState":
         return self.conn.server
 
     def resolve_file_id(self, file_id: tuple[int, int]) -> tuple[int, int]:
-        """In a related compound, FileId 0xFFFF... means the previous CREATE's handle (3.3.5.2.7.2)."""
-        if file_id == (0xFFFFFFFFFFFFFFFF, 0xFFFFFFFFFFFFFFFF):
-            if self.related_file_id is None:
-                raise SmbError(NtStatus.INVALID_PARAMETER, "no related FileId")
+        """In a related compound, FileId 0xFFFF... means the previous request's handle
+        (3.3.5.2.7.2). Anywhere else it names no open, and the lookup answers
+        FILE_CLOSED, as Windows and Samba do (smbtorture smb2.compound.related5,
+        unrelated1, invalid3)."""
+        if file_id == (0xFFFFFFFFFFFFFFFF, 0xFFFFFFFFFFFFFFFF) and self.related_file_id is not None:
             return self.related_file_id
         return file_id
 
@@ -91,9 +100,17 @@ class Request:
         return op
 
     async def go_async(self) -> None:
-        """Send the interim STATUS_PENDING response (3.3.4.2); the final one follows later."""
+        """Send the interim STATUS_PENDING response (3.3.4.2); the final one follows later.
+
+        Only the last request of a compound may go async: the responses before it leave
+        with its interim response, so the client sees them without waiting (smbtorture
+        smb2.compound.interim1). One in the middle would hold back the rest; Windows
+        (MS-SMB2 <162>) and Samba fail it with INTERNAL_ERROR instead.
+        """
         if self.interim_sent:
             return
+        if not self.is_last:
+            raise SmbError(NtStatus.INTERNAL_ERROR, "async request inside a compound")
         self.async_id = next(self.conn.async_ids)
         self.conn.async_requests[self.async_id] = self
         self.interim_sent = True
@@ -128,6 +145,9 @@ class SmbConnection:
         self.tasks: set[asyncio.Task] = set()
         self.closed = False
         self.send_lock = asyncio.Lock()
+        # Test-only: bytes of padding before READ response data, set by smbtorture's
+        # FSCTL_SMBTORTURE_GLOBAL_READ_RESPONSE_BODY_PADDING8 (see wire.fileio).
+        self.read_body_padding = 0
 
     # ---- entry point from the transport ----------------------------------------------
 
@@ -207,46 +227,51 @@ class SmbConnection:
     # ---- per message ------------------------------------------------------------------
 
     async def _process(self, requests: list[Request], encrypted_session: Session | None) -> None:
-        responses: list[bytearray | list] = []
+        reply = _CompoundReply(requests, encrypted_session)
         prev: Request | None = None
         prev_status = NtStatus.SUCCESS
         try:
             for req in requests:
-                related = bool(req.header.flags & Flags.RELATED_OPERATIONS) and prev is not None
-                if related:
+                req.compound = reply
+                related = bool(req.header.flags & Flags.RELATED_OPERATIONS)
+                if related and prev is not None:
                     # 3.3.5.2.7.2: inherit the session, tree and file of the previous request.
                     req.session, req.tree = prev.session, prev.tree
                     req.related_file_id = prev.created_file_id or prev.related_file_id
-                status, body = await self._execute(req, related, prev_status if related else None,
-                                                   encrypted_session)
+                status, body = await self._execute(req, related, prev, prev_status, encrypted_session)
                 prev, prev_status = req, status
                 if status == NtStatus.SUCCESS and req.created_file_id is None:
                     req.created_file_id = req.related_file_id
-                responses.append(self._build_response(req, status, body))
+                reply.responses.append(self._build_response(req, status, body))
         finally:
             for req in requests:
                 self.sync_requests.pop(req.header.message_id, None)
                 if req.async_id:
                     self.async_requests.pop(req.async_id, None)
-        await self._send_responses(requests, responses, encrypted_session)
+        await self._send_responses(requests[reply.sent:], reply.responses[reply.sent:], encrypted_session)
 
-    async def _execute(self, req: Request, related: bool, prev_status: int | None,
+    async def _execute(self, req: Request, related: bool, prev: Request | None, prev_status: int,
                        encrypted_session: Session | None) -> tuple[int, Body]:
         """Run one request's checks and handler; return (status, response body)."""
         try:
-            if related and prev_status not in (None, NtStatus.SUCCESS) and req.related_file_id is None \
+            if related and (prev is None or prev.session is None):
+                # 3.3.5.2.7.2: the first request of a compound cannot be related, and a
+                # related one has no session to inherit after a request that had none
+                # (smbtorture smb2.compound.invalid1/2, related9).
+                raise SmbError(NtStatus.INVALID_PARAMETER, "related request without a session to inherit")
+            if related and prev_status != NtStatus.SUCCESS and req.related_file_id is None \
                     and req.header.command in _FILE_COMMANDS:
                 # 3.3.5.2.7.2: a related request after a failed CREATE fails the same way.
                 raise SmbError(prev_status)
-            self._prepare(req, related, encrypted_session)
             handler = self.server.handlers.table.get(req.header.command)
-            if handler is None:
+            if handler is None:  # before the session checks, as Windows and Samba answer it
                 raise SmbError(NtStatus.INVALID_PARAMETER, "unknown command")
+            self._prepare(req, related, encrypted_session)
             body = await handler(req)
             return req.status, body
         except SmbError as e:
             if e.status not in _QUIET:
-                log.debug("%s: %s -> %s (%s)", self.transport.peer, Command(req.header.command).name,
+                log.debug("%s: %s -> %s (%s)", self.transport.peer, _command_name(req.header.command),
                           status_name(e.status), e)
             return e.status, control.error_response(e.data)
         except asyncio.CancelledError:
@@ -257,7 +282,7 @@ class SmbConnection:
             raise
         except Exception:
             # A bug of ours: answer this request with an error, keep the connection.
-            log.exception("%s: %s failed", self.transport.peer, Command(req.header.command).name)
+            log.exception("%s: %s failed", self.transport.peer, _command_name(req.header.command))
             return NtStatus.INTERNAL_ERROR, control.error_response()
 
     def _prepare(self, req: Request, related: bool, encrypted_session: Session | None) -> None:
@@ -312,7 +337,9 @@ class SmbConnection:
         hdr = req.header
         if req.interim_sent:
             credits = 0  # credits were granted by the interim response (3.3.4.2)
-            flags_hdr = replace(hdr, flags=hdr.flags | Flags.ASYNC_COMMAND, async_id=req.async_id)
+            # It travels alone, so it is no longer part of a related chain.
+            flags_hdr = replace(hdr, flags=(hdr.flags | Flags.ASYNC_COMMAND) & ~Flags.RELATED_OPERATIONS,
+                                async_id=req.async_id)
         else:
             credits = self.credits.grant(hdr.credits, hdr.credit_charge)
             flags_hdr = hdr
@@ -389,11 +416,23 @@ class SmbConnection:
         return None
 
     async def send_interim(self, req: Request) -> None:
-        """Interim response for an async operation: STATUS_PENDING with the AsyncId (3.3.4.2)."""
+        """Interim response for an async operation: STATUS_PENDING with the AsyncId (3.3.4.2).
+
+        In a compound, the responses to the requests before this one go out with it,
+        compounded, as Windows sends them (3.3.4.1.3).
+        """
         hdr = req.header
         credits = self.credits.grant(hdr.credits, hdr.credit_charge)
         out = replace(hdr, flags=hdr.flags | Flags.ASYNC_COMMAND, async_id=req.async_id)
         out = out.response(NtStatus.PENDING, credits)
+        reply = req.compound
+        if reply is not None and len(reply.responses) > reply.sent:
+            earlier = reply.requests[reply.sent:len(reply.responses)]
+            parts = reply.responses[reply.sent:]
+            reply.sent = len(reply.responses)  # this request's final response is still to come
+            interim = [bytearray(out.pack()) + control.error_response()]
+            await self._send_responses([*earlier, req], [*parts, interim], reply.encrypted_session)
+            return
         body = bytearray(out.pack()) + control.error_response()
         key = self._signing_key(req, NtStatus.PENDING)
         if key:
@@ -428,6 +467,18 @@ class SmbConnection:
             task.cancel()
         self.server.connection_lost(self)
         self.transport.close()
+
+
+@dataclass(eq=False)
+class _CompoundReply:
+    """The responses to one incoming message, built in request order. ``sent`` counts the
+    leading ones already sent (before an interim response, see send_interim); the rest
+    go out together when the last request finishes."""
+
+    requests: list[Request]
+    encrypted_session: Session | None
+    responses: list[list] = field(default_factory=list)
+    sent: int = 0
 
 
 _FILE_COMMANDS = {Command.CLOSE, Command.FLUSH, Command.READ, Command.WRITE, Command.LOCK, Command.IOCTL,

@@ -101,16 +101,23 @@ class ReadRequest:
 READ_RESPONSE_DATA_OFFSET = HEADER_SIZE + 16  # 80: data follows the 16-byte fixed part
 
 
-def read_response_header(data_length: int, data_remaining: int = 0, *, inline: bool = True) -> bytes:
+def read_response_header(data_length: int, data_remaining: int = 0, *, inline: bool = True,
+                         padding: int = 0) -> bytes:
     """The fixed part of an SMB2 READ Response (2.2.20); the data follows at offset 80.
 
     For RDMA channels the data went by RDMA write: DataLength is 0 and DataRemaining
     carries the number of bytes written (3.3.5.12); DataOffset stays 80, as Windows and
-    ksmbd send it.
+    ksmbd send it. ``padding`` zero bytes between the fixed part and the data (DataOffset
+    moves by as much) exist only for smbtorture's
+    FSCTL_SMBTORTURE_GLOBAL_READ_RESPONSE_BODY_PADDING8, which checks that clients honour
+    DataOffset.
     """
+    if not 0 <= padding <= 0xFF - READ_RESPONSE_DATA_OFFSET:
+        raise ValueError("read response padding out of range")
+    offset = READ_RESPONSE_DATA_OFFSET + padding
     if inline:
-        return _READ_RESP.pack(17, READ_RESPONSE_DATA_OFFSET, 0, data_length, data_remaining, 0)
-    return _READ_RESP.pack(17, READ_RESPONSE_DATA_OFFSET, 0, 0, data_remaining, 0)
+        return _READ_RESP.pack(17, offset, 0, data_length, data_remaining, 0) + b"\0" * padding
+    return _READ_RESP.pack(17, offset, 0, 0, data_remaining, 0) + b"\0" * padding
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ import pytest
 
 from tests.peers.files import make_random_file, sha256_file
 from tests.peers.ports import ServerDidNotStart, free_tcp_port, port_accepts
-from tests.peers.server_under_test import CommandServer, smbdd_argv, ENCRYPTION_REQUIRED
+from tests.peers.server_under_test import CommandServer, smbdd_argv, ENCRYPTION_REQUIRED, SIGNING_REQUIRED
 from tests.peers.smbclient_runner import check, parse_ls, SmbclientFailed
 
 # A stand-in server: listens, logs a line, optionally ignores SIGTERM, forks a child that
@@ -93,7 +93,10 @@ def test_smbdd_argv_matches_agreed_command_line(tmp_path):
     argv = smbdd_argv(share_name="share", share_path=tmp_path, user="u", password="p:w",
                       host="127.0.0.1", port=4455, profile=ENCRYPTION_REQUIRED)
     assert argv == ["smbdd", "--share", f"share={tmp_path}", "--user", "u:p:w",
-                    "--listen", "127.0.0.1", "--port", "4455", "--encrypt", "required"]
+                    "--listen", "127.0.0.1", "--port", "4455", "--no-rdma", "--encrypt", "required"]
+    argv = smbdd_argv(share_name="share", share_path=tmp_path, user="u", password="p",
+                      host="127.0.0.1", port=4455, profile=SIGNING_REQUIRED)
+    assert argv[-4:] == ["--encrypt", "auto", "--signing", "required"]
 
 
 def test_parse_ls_real_smbclient_lines():

@@ -11,9 +11,11 @@ from smbd.core.credits import required_charge
 from smbd.fscc.constants import FileAttributes
 from smbd.status import NtStatus, SmbError
 from smbd.vfs.errors import translate_oserror
+from smbd.vfs.eas import set_eas
 from smbd.wire import fileio
 from smbd.wire.create import (VALID_ACCESS, WRITE_ACCESS, Access, CreateAction, CreateOptions, CreateRequest,
                               CreateResponse, Disposition, OplockLevel, encode_contexts, map_generic)
+from smbd.wire.ea import EaListError, FullEa, parse_full_ea_list
 
 from .. import sharemode
 from ..objects import Open
@@ -27,7 +29,10 @@ log = logging.getLogger("smbd.files")
 _OPTIONS_NOT_SUPPORTED = CreateOptions.OPEN_BY_FILE_ID | CreateOptions.RESERVE_OPFILTER
 _OPTIONS_RESERVED = 0xFF000000
 _ATTRIBUTES_VALID = 0x00007FB7  # FILE_ATTRIBUTE_* bits a client may pass (MS-FSCC 2.6)
+# MS-FSA 2.1.5.3: no write may end beyond this offset (16 TiB - 64 KiB); Samba enforces it too.
+MAX_FILE_SIZE = 0xFFFFFFF0000
 _MXAC = b"MxAc"
+_EXTA = b"ExtA"
 _QFID = b"QFid"
 
 
@@ -82,7 +87,8 @@ async def handle_create(req: "Request") -> bytes:
     opts = create.options
     if opts & CreateOptions.DELETE_ON_CLOSE and not access & Access.DELETE:
         raise SmbError(NtStatus.ACCESS_DENIED, "delete-on-close without DELETE access")
-    op = await server.io(_open_file, server, req, create, components, access)
+    eas = _requested_eas(create)
+    op = await server.io(_open_file, server, req, create, components, access, eas)
     contexts = []
     if _MXAC in create.contexts:
         contexts.append((_MXAC, struct.pack("<II", 0, tree.maximal_access)))
@@ -95,6 +101,17 @@ async def handle_create(req: "Request") -> bytes:
                           info.attributes, op.open.file_id, encode_contexts(contexts) if contexts else b"").pack()
 
 
+def _requested_eas(create: CreateRequest) -> tuple[FullEa, ...]:
+    """The ExtA create context (MS-SMB2 2.2.13.2.1): EAs to give a new or overwritten file."""
+    data = create.contexts.get(_EXTA)
+    if not data:
+        return ()
+    try:
+        return parse_full_ea_list(data)
+    except EaListError as e:
+        raise SmbError(e.status, str(e)) from e
+
+
 class _Opened:
     __slots__ = ("open", "info", "action")
 
@@ -103,8 +120,23 @@ class _Opened:
 
 
 def _open_file(server: "ServerState", req: "Request", create: CreateRequest, components: tuple[str, ...],
-               access: int) -> _Opened:
-    """The blocking part of CREATE, on an I/O thread: look up, check, open, share-mode."""
+               access: int, eas: tuple[FullEa, ...] = ()) -> _Opened:
+    """The blocking part of CREATE, on an I/O thread: look up, check, open, share-mode.
+
+    Another worker (another client) may create the name between our lookup and our
+    exclusive create; for the dispositions that accept an existing file the open is then
+    simply tried again, now finding it (smbtorture smb2.create.mkdir-dup)."""
+    try:
+        return _open_once(server, req, create, components, access, eas)
+    except SmbError as e:
+        if e.status != NtStatus.OBJECT_NAME_COLLISION or create.disposition not in (
+                Disposition.OPEN_IF, Disposition.OVERWRITE_IF, Disposition.SUPERSEDE):
+            raise
+    return _open_once(server, req, create, components, access, eas)
+
+
+def _open_once(server: "ServerState", req: "Request", create: CreateRequest, components: tuple[str, ...],
+               access: int, eas: tuple[FullEa, ...]) -> _Opened:
     tree = req.tree
     vfs = tree.vfs
     opts = create.options
@@ -160,6 +192,11 @@ def _open_file(server: "ServerState", req: "Request", create: CreateRequest, com
             attrs = create.file_attributes & ~int(FileAttributes.DIRECTORY | FileAttributes.NORMAL)
             if attrs:
                 vfs.set_dos_attributes(fd, attrs)
+            if eas:
+                try:
+                    set_eas(fd, [(ea.name, ea.value) for ea in eas])
+                except OSError as e:
+                    raise SmbError(NtStatus.EAS_NOT_SUPPORTED, f"EAs: {e}") from e
         info = vfs.stat_fd(fd, components[-1] if components else "")
     except BaseException:
         os.close(fd)
@@ -270,7 +307,9 @@ async def handle_read(req: "Request") -> list:
         n = await req.server.io(op.tree.vfs.pread_into, op.fd, memoryview(buf), rd.offset)
     if n < rd.minimum_count or (n == 0 and length > 0):
         raise SmbError(NtStatus.END_OF_FILE)
-    return [fileio.read_response_header(n), memoryview(buf)[:n]]
+    # FilePositionInformation follows reads, as Samba keeps it (smbtorture smb2.read.position).
+    op.position = rd.offset + n
+    return [fileio.read_response_header(n, padding=req.conn.read_body_padding), memoryview(buf)[:n]]
 
 
 async def handle_write(req: "Request") -> bytes:
@@ -291,10 +330,16 @@ async def handle_write(req: "Request") -> bytes:
         raise SmbError(NtStatus.INVALID_PARAMETER, "write larger than MaxWriteSize")
     _check_charge(req, max(length, 1))
     offset = wr.offset
-    if offset == 0xFFFFFFFFFFFFFFFF and op.granted_access & Access.FILE_APPEND_DATA:
+    append_only = (op.granted_access & (Access.FILE_WRITE_DATA | Access.FILE_APPEND_DATA)
+                   == Access.FILE_APPEND_DATA)
+    if offset == 0xFFFFFFFFFFFFFFFF and append_only:
         offset = (await req.server.io(os.fstat, op.fd)).st_size  # write at end of file (MS-FSA 2.1.5.3)
     elif offset > 0x7FFFFFFFFFFFFFFF or offset + length > 0x7FFFFFFFFFFFFFFF:
+        # Negative offsets, -1 included, on an ordinary handle: Windows and Samba refuse
+        # them (smbtorture smb2.rw.invalid).
         raise SmbError(NtStatus.INVALID_PARAMETER)
+    if length and offset + length > MAX_FILE_SIZE:
+        raise SmbError(NtStatus.INVALID_PARAMETER, "write beyond MAXFILESIZE")
     req.server.byte_locks.check_io(op, offset, length, write=True)
     if wr.channel != fileio.Channel.NONE:
         rdma = req.conn.transport.rdma

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import os
 import struct
+import zlib
 from typing import TYPE_CHECKING
 
 from smbd.fscc import dirinfo, fileinfo, fsinfo, security, setinfo, wildcard
 from smbd.fscc.constants import FileAttributes, FileInfoClass
 from smbd.status import NtStatus, SmbError
 from smbd.vfs.errors import translate_oserror
+from smbd.vfs.eas import list_eas, set_eas
+from smbd.wire import ea
 from smbd.wire.control import (InfoType, QueryDirectoryFlags, QueryDirectoryRequest, QueryInfoRequest,
                                SetInfoRequest, output_response, set_info_response)
 from smbd.wire.create import Access
@@ -20,17 +23,31 @@ from .files import _check_charge
 if TYPE_CHECKING:
     from ..connection import Request
 
-# Classes whose answer may be cut short with STATUS_BUFFER_OVERFLOW (3.3.5.20.1), and the
-# size of their fixed part that must fit for that.
-_VARIABLE = {FileInfoClass.FileAllInformation: 100, FileInfoClass.FileNameInformation: 4,
-             FileInfoClass.FileStreamInformation: 24, FileInfoClass.FileNormalizedNameInformation: 4,
-             FileInfoClass.FileAlternateNameInformation: 4}
-# Classes that read attributes need FILE_READ_ATTRIBUTES on the handle (MS-FSA 2.1.5.12).
+# The fixed part of each class's answer (3.3.5.20.1/2): an OutputBufferLength below it is
+# refused with INFO_LENGTH_MISMATCH; one at or above it but short of the whole answer gets
+# the answer cut short and STATUS_BUFFER_OVERFLOW. The sizes are those Windows and Samba
+# use (smbtorture smb2.getinfo.qfile_buffercheck/qfs_buffercheck); a class missing here is
+# all-or-nothing.
+_FILE_FIXED = {
+    FileInfoClass.FileBasicInformation: 40, FileInfoClass.FileStandardInformation: 24,
+    FileInfoClass.FileInternalInformation: 8, FileInfoClass.FileEaInformation: 4,
+    FileInfoClass.FileAccessInformation: 4, FileInfoClass.FileNameInformation: 0,
+    FileInfoClass.FilePositionInformation: 8, FileInfoClass.FileModeInformation: 4,
+    FileInfoClass.FileAlignmentInformation: 4, FileInfoClass.FileAllInformation: 104,
+    FileInfoClass.FileAlternateNameInformation: 8, FileInfoClass.FileStreamInformation: 32,
+    FileInfoClass.FileCompressionInformation: 16, FileInfoClass.FileNetworkOpenInformation: 56,
+    FileInfoClass.FileAttributeTagInformation: 8, FileInfoClass.FileNormalizedNameInformation: 8,
+}
+_FS_FIXED = {1: 24, 3: 24, 4: 8, 5: 16, 6: 48, 7: 32, 11: 28}  # MS-FSCC 2.5 classes
+# Classes anyone holding the handle may query; the others need FILE_READ_ATTRIBUTES
+# (MS-FSA 2.1.5.12; smbtorture smb2.getinfo.getinfo_access lists the same set).
 _NEEDS_NOTHING = {FileInfoClass.FileAccessInformation, FileInfoClass.FileModeInformation,
                   FileInfoClass.FilePositionInformation, FileInfoClass.FileAlignmentInformation,
                   FileInfoClass.FileNameInformation, FileInfoClass.FileStandardInformation,
                   FileInfoClass.FileInternalInformation, FileInfoClass.FileEaInformation,
-                  FileInfoClass.FileStreamInformation}
+                  FileInfoClass.FileStreamInformation, FileInfoClass.FileAlternateNameInformation,
+                  FileInfoClass.FileCompressionInformation,
+                  FileInfoClass.FileNormalizedNameInformation}
 FILE_FULL_EA_INFORMATION = 15
 MAX_SECURITY_DESCRIPTOR = 64 * 1024
 
@@ -67,6 +84,12 @@ async def handle_query_directory(req: "Request") -> bytes:
         first = True
     else:
         first = False
+        # Names removed since the scan began are not returned (smbtorture smb2.dir.fixed):
+        # Windows and Samba read the directory as it is now, not a snapshot.
+        with translate_oserror():
+            present = await req.server.io(_names_in, op.fd)
+        cursor.entries[cursor.position:] = [e for e in cursor.entries[cursor.position:]
+                                            if e.name in present or e.name in (".", "..")]
     remaining = cursor.entries[cursor.position:]
     if not remaining:
         raise SmbError(NtStatus.NO_SUCH_FILE if first else NtStatus.NO_MORE_FILES)
@@ -76,6 +99,10 @@ async def handle_query_directory(req: "Request") -> bytes:
         raise SmbError(NtStatus.INFO_LENGTH_MISMATCH, "first entry does not fit")
     cursor.position += count
     return output_response(data)
+
+
+def _names_in(dir_fd: int) -> set[str]:
+    return set(os.listdir(dir_fd))
 
 
 # ---- QUERY_INFO ----------------------------------------------------------------------------
@@ -91,21 +118,33 @@ async def handle_query_info(req: "Request") -> bytes:
     vfs = op.tree.vfs
     if qi.info_type == InfoType.FILE:
         if qi.info_class == FILE_FULL_EA_INFORMATION:
-            raise SmbError(NtStatus.NO_EAS_ON_FILE)
+            return await _query_eas(req, op, qi)
         if qi.info_class not in _NEEDS_NOTHING and not op.granted_access & Access.FILE_READ_ATTRIBUTES:
             raise SmbError(NtStatus.ACCESS_DENIED)
         with translate_oserror():
             info = await req.server.io(vfs.stat_fd, op.fd, op.components[-1] if op.components else "")
-        ctx = fileinfo.OpenContext(name=_name(op), access_mask=op.granted_access, position=op.position,
-                                   mode=op.mode, delete_pending=req.server.delete_pending(op.file_key))
+        name = _name(op)
+        if qi.info_class == FileInfoClass.FileNormalizedNameInformation:
+            # MS-FSCC 2.4.30: the path from the share root without the leading
+            # backslash; empty for the root itself (smbtorture smb2.getinfo.normalized).
+            name = op.display_name
+        ea_size = 0
+        if qi.info_class in (FileInfoClass.FileEaInformation, FileInfoClass.FileAllInformation):
+            with translate_oserror():
+                stored = await req.server.io(list_eas, op.fd)
+            ea_size = ea.ea_size([ea.FullEa(n, v) for n, v in stored])
+        ctx = fileinfo.OpenContext(name=name, access_mask=op.granted_access, position=op.position,
+                                   mode=op.mode, delete_pending=req.server.delete_pending(op.file_key),
+                                   short_name=short_name(op.components[-1]) if op.components else "",
+                                   ea_size=ea_size)
         data = fileinfo.encode_file_info(qi.info_class, info, ctx)
-        return _fit(req, data, qi.output_length, _VARIABLE.get(qi.info_class))
+        return _fit(req, data, qi.output_length, _FILE_FIXED.get(qi.info_class))
     if qi.info_type == InfoType.FILESYSTEM:
         with translate_oserror():
             fs = await req.server.io(vfs.statvfs)
         data = fsinfo.encode_fs_info(qi.info_class, fs, volume_creation_time=vfs.volume_creation_time(),
                                      label=op.tree.share.name)
-        return _fit(req, data, qi.output_length, 18 if qi.info_class == 1 else 12 if qi.info_class == 5 else None)
+        return _fit(req, data, qi.output_length, _FS_FIXED.get(qi.info_class))
     if qi.info_type == InfoType.SECURITY:
         if not op.granted_access & Access.READ_CONTROL:
             raise SmbError(NtStatus.ACCESS_DENIED)
@@ -121,15 +160,68 @@ async def handle_query_info(req: "Request") -> bytes:
     raise SmbError(NtStatus.INVALID_PARAMETER, "bad InfoType")
 
 
+async def _query_eas(req: "Request", op: Open, qi: QueryInfoRequest) -> bytes:
+    """FileFullEaInformation (MS-FSA 2.1.5.12.x; MS-SMB2 3.3.5.20.1): all the EAs, or those
+    the input FILE_GET_EA_INFORMATION list names (absent ones with an empty value). Whole
+    entries only: those that fit, with BUFFER_OVERFLOW if some are left out,
+    BUFFER_TOO_SMALL if not even the first fits. Like Samba, no per-handle EA index is
+    kept, so every query starts from the first EA."""
+    if not op.granted_access & Access.FILE_READ_EA:
+        raise SmbError(NtStatus.ACCESS_DENIED)
+    with translate_oserror():
+        stored = await req.server.io(list_eas, op.fd)
+    if qi.input:
+        try:
+            wanted = ea.parse_get_ea_list(qi.input)
+        except ea.EaListError as e:
+            raise SmbError(e.status, str(e)) from e
+        by_name = {n.upper(): (n, v) for n, v in stored}
+        stored = [by_name.get(w.upper(), (w, b"")) for w in wanted]
+    if not stored:
+        raise SmbError(NtStatus.NO_EAS_ON_FILE)
+    entries = [ea.FullEa(n, v) for n, v in stored]
+    for count in range(len(entries), 0, -1):
+        data = ea.encode_full_ea_list(entries[:count])
+        if len(data) <= qi.output_length:
+            if count < len(entries):
+                req.status = NtStatus.BUFFER_OVERFLOW
+            return output_response(data)
+    raise SmbError(NtStatus.BUFFER_TOO_SMALL)
+
+
 def _fit(req: "Request", data: bytes, limit: int, fixed: int | None) -> bytes:
-    """Answer within OutputBufferLength: truncate variable classes with BUFFER_OVERFLOW,
-    refuse fixed ones with INFO_LENGTH_MISMATCH (3.3.5.20.1/2)."""
+    """Answer within OutputBufferLength (3.3.5.20.1/2): below the class's fixed part,
+    INFO_LENGTH_MISMATCH; otherwise as much as fits, with BUFFER_OVERFLOW if cut short."""
+    if fixed is None:
+        fixed = len(data)
+    if limit < fixed:
+        raise SmbError(NtStatus.INFO_LENGTH_MISMATCH)
     if len(data) <= limit:
         return output_response(data)
-    if fixed is not None and limit >= fixed:
-        req.status = NtStatus.BUFFER_OVERFLOW
-        return output_response(data[:limit])
-    raise SmbError(NtStatus.INFO_LENGTH_MISMATCH)
+    req.status = NtStatus.BUFFER_OVERFLOW
+    return output_response(data[:limit])
+
+
+_SHORT_NAME_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'()-@^_`{}~")
+
+
+def short_name(name: str) -> str:
+    """An 8.3 name for FileAlternateNameInformation (MS-FSCC 2.1.5.2.1).
+
+    A name that already is a valid 8.3 name is its own short name, upper-cased; any other
+    gets a stable mangled one, BASE~N.EXT style, derived from a hash of the long name (no
+    table is kept, so two long names could in principle map to the same short name;
+    nothing here resolves a short name back)."""
+    upper = name.upper()
+    base, dot, ext = upper.rpartition(".") if "." in upper else (upper, "", "")
+    if (0 < len(base) <= 8 and len(ext) <= 3 and "." not in base
+            and set(base + ext) <= _SHORT_NAME_CHARS and not (dot and not ext)):
+        return upper
+    clean_base = "".join(ch for ch in base if ch in _SHORT_NAME_CHARS)[:2] or "_"
+    clean_ext = "".join(ch for ch in ext if ch in _SHORT_NAME_CHARS)[:3]
+    digest = zlib.crc32(name.encode("utf-8"))
+    tag = "".join("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"[(digest >> (5 * i)) % 36] for i in range(4))
+    return f"{clean_base}{tag}~1" + (f".{clean_ext}" if clean_ext else "")
 
 
 # ---- SET_INFO ------------------------------------------------------------------------------
@@ -166,7 +258,17 @@ async def _set_file_info(req: "Request", op: Open, si: SetInfoRequest) -> None:
     server = req.server
     vfs = op.tree.vfs
     if cls == FILE_FULL_EA_INFORMATION:
-        raise SmbError(NtStatus.EAS_NOT_SUPPORTED)
+        # MS-FSA 2.1.5.14.4: set (or, with an empty value, delete) each EA of the list.
+        _need(op, Access.FILE_WRITE_EA)
+        try:
+            eas = ea.parse_full_ea_list(si.buffer)
+        except ea.EaListError as e:
+            raise SmbError(e.status, str(e)) from e
+        try:
+            await server.io(set_eas, op.fd, [(e.name, e.value) for e in eas])
+        except OSError as e:
+            raise SmbError(NtStatus.EAS_NOT_SUPPORTED, f"EAs: {e}") from e
+        return
     value = setinfo.decode_set_info(cls, si.buffer)
     with translate_oserror():
         if cls == FileInfoClass.FileBasicInformation:
