@@ -31,6 +31,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-rdma", action="store_true", help="serve TCP only, even if RDMA devices exist")
     p.add_argument("--rdma-listen", action="append", metavar="ADDR",
                    help="address for SMB Direct (default: the devices' addresses)")
+    p.add_argument("--spare-workers", type=int, default=1, metavar="N",
+                   help="worker processes kept started ahead of new clients (default 1)")
     p.add_argument("--state-dir", help="where the lab default keeps its share and password")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
@@ -38,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
 
 async def serve(settings: Settings, args) -> int:
     loop = asyncio.get_running_loop()
-    supervisor = Supervisor(settings.server, args.log_level)
+    supervisor = Supervisor(settings.server, args.log_level, spares=max(0, args.spare_workers))
     acceptor = Acceptor(supervisor)
     try:
         acceptor.listen(settings.listen, settings.port)
@@ -52,6 +54,7 @@ async def serve(settings: Settings, args) -> int:
     if settings.devices != []:
         from .rdma_start import start_rdma
         proxy = await start_rdma(settings, supervisor, args)
+    await supervisor.start()
     acceptor.start()
     for line in settings.banner:
         print(f"smbdd: {line}", flush=True)

@@ -89,7 +89,8 @@ class ProxyConnection:
         self.loop.add_reader(self.ep.cm_fd, self._on_cm)
         self.ep.accept()
         self._arm_timer()
-        log.info("%s: SMB Direct connection accepted", self.peer)
+        log.info("%s: SMB Direct connection accepted (RDMA read depth %d, responder resources %d)",
+                 self.peer, self.ep.initiator_depth, self.ep.responder_resources)
 
     def _post_recv(self, i: int) -> None:
         self.ep.post_recv(_wr(KIND_RECV, i), ctypes.addressof(self._recv_buf) + i * self.recv_size,
@@ -251,6 +252,7 @@ class ProxyConnection:
                 return
             self._drive()
         elif fr.type == relay.FrameType.ALLOC:
+            log.debug("%s: ALLOC", self.peer)
             self.proxy.allocate(self, fr.u32())
         elif fr.type == relay.FrameType.RELEASE:
             self.proxy.release(self, fr.u32())
@@ -285,6 +287,8 @@ class ProxyConnection:
             self.relay.write(relay.rdma_done(request_id, -errno.EINVAL, 0))
             return
         op_id = self.proxy.next_op_id()
+        log.debug("%s: RDMA %s of %d bytes in %d chunk(s) to slot %d, descriptors %s", self.peer,
+                  "write" if write else "read", length, len(chunks), slot, descriptors)
         op = _RdmaOp(request_id, len(chunks), length)
         self._rdma_ops[op_id] = op
         lkey = self._pool_mr.lkey
@@ -306,6 +310,7 @@ class ProxyConnection:
             return
         op.pending -= 1
         if op.pending == 0:
+            log.debug("%s: RDMA op %d done (failed=%s)", self.peer, op_id, op.failed)
             del self._rdma_ops[op_id]
             if self.relay is not None:
                 self.relay.write(relay.rdma_done(op.request_id, -errno.EIO if op.failed else 0,
