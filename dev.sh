@@ -13,7 +13,7 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$repo"
-export SMBDD_VENV=${SMBDD_VENV:-/var/cache/smbdd/venv}
+export SMBDD_VENV=${SMBDD_VENV:-/opt/smbdd/venv}
 cmd=${1:-help}
 shift || true
 

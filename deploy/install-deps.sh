@@ -6,7 +6,7 @@
 #   SMBDD_SKIP_APT=1 deploy/install-deps.sh   # venv only
 #
 # Environment:
-#   SMBDD_VENV    venv location (default /var/cache/smbdd/venv)
+#   SMBDD_VENV    venv location (default /opt/smbdd/venv: the lab VM hides /var/cache)
 #   SMBDD_EXTRAS  pip extras to install (default "test,lab")
 # The venv is keyed by a hash of pyproject.toml and the interpreter version: when neither
 # changed it is reused and only the (quick) editable install of the checkout is redone.
@@ -14,7 +14,7 @@ set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${SMBDD_VENV:-/var/cache/smbdd/venv}"
+VENV="${SMBDD_VENV:-/opt/smbdd/venv}"
 EXTRAS="${SMBDD_EXTRAS:-test,lab}"
 PYTHON=/usr/bin/python3   # Debian's: python3-pyverbs is built for it (see LAB.md)
 

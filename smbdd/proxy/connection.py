@@ -15,7 +15,7 @@ import ctypes
 import errno
 import logging
 import socket
-from collections import deque
+from collections import Counter, deque
 from typing import TYPE_CHECKING
 
 from smbd.status import ProtocolViolation
@@ -76,7 +76,7 @@ class ProxyConnection:
         self._early: list[bytes] = []
         self.closed = False
         self._timer: asyncio.TimerHandle | None = None
-        self.stats = proxy.stats
+        self.stats = _Stats(proxy.stats)  # this connection's counts, added to the proxy's too
 
     # ---- setup ------------------------------------------------------------------------
 
@@ -323,7 +323,11 @@ class ProxyConnection:
         if self.closed:
             return
         self.closed = True
-        log.info("%s: SMB Direct connection closed%s", self.peer, f" ({reason})" if reason else "")
+        c = self.stats.own
+        log.info("%s: SMB Direct connection closed%s: %d messages in, %d out, RDMA reads %d, RDMA writes %d "
+                 "(%d bytes), sends with invalidate %d", self.peer, f" ({reason})" if reason else "",
+                 c["messages_in"], c["messages_out"], c["rdma_reads"], c["rdma_writes"], c["rdma_bytes"],
+                 c["send_with_invalidate"])
         self.core.close()
         if self._timer is not None:
             self._timer.cancel()
@@ -342,6 +346,21 @@ class ProxyConnection:
         self.proxy.connection_closed(self)
         if self.relay is not None:
             self.relay.close()
+
+
+class _Stats:
+    """Counters of one connection that also add up into the proxy-wide ones."""
+
+    def __init__(self, total: Counter):
+        self.own: Counter = Counter()
+        self.total = total
+
+    def __getitem__(self, key: str) -> int:
+        return self.own[key]
+
+    def __setitem__(self, key: str, value: int) -> None:
+        self.total[key] += value - self.own[key]
+        self.own[key] = value
 
 
 class RelayProtocol(asyncio.Protocol):

@@ -137,6 +137,7 @@ class Proxy:
             self._slot_owner.pop(slot, None)
         self._alloc_waiters = deque(w for w in self._alloc_waiters if w[0] is not conn)
         self._serve_waiters()
+        log.info("pool: %d of %d slots in use after %s closed", self.allocator.in_use, self.slot_count, conn.peer)
 
     # ---- shutdown ----------------------------------------------------------------------
 
