@@ -183,8 +183,6 @@ class RdmaChannel:
             raise SmbError(NtStatus.IO_TIMEOUT if status else NtStatus.INVALID_PARAMETER, "RDMA write failed")
         self.stats["rdma_writes"] += 1
         self.stats["bytes"] += n
-        if rd.channel == fileio.Channel.RDMA_V1_INVALIDATE:
-            req.invalidate_token = rd.descriptors[0].token
         return [fileio.read_response_header(0, n, inline=False)]
 
     async def write_from_client(self, req: "Request", op: "Open", wr: fileio.WriteRequest, offset: int) -> int:
@@ -207,8 +205,6 @@ class RdmaChannel:
             self._release(slot)
         self.stats["rdma_reads"] += 1
         self.stats["bytes"] += n
-        if wr.channel == fileio.Channel.RDMA_V1_INVALIDATE:
-            req.invalidate_token = wr.descriptors[0].token
         return n
 
 

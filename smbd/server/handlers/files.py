@@ -274,6 +274,14 @@ async def handle_flush(req: "Request") -> bytes:
     return empty_response()
 
 
+def _invalidate_on_reply(req: "Request", channel: int, descriptors) -> None:
+    """With RDMA_V1_INVALIDATE the client leaves invalidating its buffer to our reply
+    (SEND_WITH_INVALIDATE, MS-SMB2 3.3.5.12/13): every reply, an error one too, or the
+    client's memory region stays registered and its next registration of it fails."""
+    if channel == fileio.Channel.RDMA_V1_INVALIDATE and descriptors and req.conn.transport.rdma is not None:
+        req.invalidate_token = descriptors[0].token
+
+
 def _check_charge(req: "Request", size: int) -> None:
     """3.3.5.2.5: with multi-credit, CreditCharge must cover the payload."""
     if req.conn.multi_credit and req.header.credit_charge < required_charge(size):
@@ -282,6 +290,7 @@ def _check_charge(req: "Request", size: int) -> None:
 
 async def handle_read(req: "Request") -> list:
     rd = fileio.ReadRequest.parse(req.msg)
+    _invalidate_on_reply(req, rd.channel, rd.descriptors)
     op = req.open_for(rd.file_id)
     if op.pipe is not None:
         from ..ipc import read_pipe
@@ -314,6 +323,7 @@ async def handle_read(req: "Request") -> list:
 
 async def handle_write(req: "Request") -> bytes:
     wr = fileio.WriteRequest.parse(req.msg)
+    _invalidate_on_reply(req, wr.channel, wr.descriptors)
     op = req.open_for(wr.file_id)
     if op.pipe is not None:
         from ..ipc import write_pipe
