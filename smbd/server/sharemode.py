@@ -40,39 +40,24 @@ def _held_by_other(fd: int, slot: int) -> bool:
     return _lock(fd, F_OFD_GETLK, fcntl.F_WRLCK, slot) != fcntl.F_UNLCK
 
 
-def conflicts(access: int, share: int) -> list[tuple[int, int]]:
-    """(slot to test, reason) pairs for an open with this access and share mode."""
-    tests = []
-    if access & READ_BITS:
-        tests.append(DENY_READ)
-    if access & WRITE_BITS:
-        tests.append(DENY_WRITE)
-    if access & DELETE_BITS:
-        tests.append(DENY_DELETE)
-    if not share & ShareAccess.READ:
-        tests.append(HAS_READ)
-    if not share & ShareAccess.WRITE:
-        tests.append(HAS_WRITE)
-    if not share & ShareAccess.DELETE:
-        tests.append(HAS_DELETE)
-    return tests
+# For READ, WRITE and DELETE: the access bits that count as using it, the share flag that
+# allows others to use it, and the bytes that record "has it" and "denies it" (MS-FSA 2.1.5.1.2.1).
+_KINDS = ((READ_BITS, ShareAccess.READ, HAS_READ, DENY_READ),
+          (WRITE_BITS, ShareAccess.WRITE, HAS_WRITE, DENY_WRITE),
+          (DELETE_BITS, ShareAccess.DELETE, HAS_DELETE, DENY_DELETE))
+
+
+def conflicts(access: int, share: int) -> list[int]:
+    """The bytes another open must not hold for this one to be allowed: the "denies" byte of
+    what we use, and the "has" byte of what we do not share."""
+    return ([deny for bits, _, _, deny in _KINDS if access & bits]
+            + [has for _, flag, has, _ in _KINDS if not share & flag])
 
 
 def own_slots(access: int, share: int) -> list[int]:
-    slots = []
-    if access & READ_BITS:
-        slots.append(HAS_READ)
-    if access & WRITE_BITS:
-        slots.append(HAS_WRITE)
-    if access & DELETE_BITS:
-        slots.append(HAS_DELETE)
-    if not share & ShareAccess.READ:
-        slots.append(DENY_READ)
-    if not share & ShareAccess.WRITE:
-        slots.append(DENY_WRITE)
-    if not share & ShareAccess.DELETE:
-        slots.append(DENY_DELETE)
-    return slots
+    """The bytes this open holds: "has" for what it uses, "denies" for what it does not share."""
+    return ([has for bits, _, has, _ in _KINDS if access & bits]
+            + [deny for _, flag, _, deny in _KINDS if not share & flag])
 
 
 def acquire(fd: int, access: int, share: int) -> None:
