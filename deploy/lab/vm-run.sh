@@ -114,6 +114,9 @@ tail_pid=$!
 setsid bash -c "sleep $timeout_s; echo timeout >'$out/timed-out'; kill -TERM -- -$vm_pid; sleep 20; kill -KILL -- -$vm_pid" \
     </dev/null >/dev/null 2>&1 &
 watchdog=$!
+# If this script is stopped (a caller's timeout, Ctrl-C, CI cancelling), take the VM with it:
+# it runs in its own session, so nothing else would.
+trap 'kill -TERM -- -"$vm_pid" -"$watchdog" 2>/dev/null; sleep 2; kill -KILL -- -"$vm_pid" 2>/dev/null' TERM INT HUP
 set +e
 wait "$vm_pid"
 vng_rc=$?

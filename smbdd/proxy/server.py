@@ -29,8 +29,10 @@ class Proxy:
         self.supervisor = supervisor
         self.devices = devices
         self.listen_addresses = listen
+        # An inline READ/WRITE of MaxReadWriteSize (signed or sealed sessions send data inline)
+        # is that much plus the SMB2 headers and a transform header: leave room for them.
         self.smbd_config = SmbdConfig(max_read_write_size=max_read_write_size,
-                                      max_fragmented_size=max(1024 * 1024, max_read_write_size))
+                                      max_fragmented_size=max(1024 * 1024, max_read_write_size) + 64 * 1024)
         self.max_rdma_ops = 64
         self.slot_count = slot_count
         self.pool = None

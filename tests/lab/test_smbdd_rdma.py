@@ -149,12 +149,12 @@ def test_files_roundtrip_over_rdma(server, tmp_path, vers, lab_results):
             run("dd", f"if={src}", f"of={m.path / name}", "bs=1M", "oflag=direct", "status=none")
             t_write += time.monotonic() - t0 if size == big else 0
             assert sha256(server.share / name) == digest, f"server stored different bytes ({size})"
+            src.unlink()  # the guest's /tmp is RAM: keep at most two copies of the big file
             back = tmp_path / f"back-{size}"
             t0 = time.monotonic()
             run("dd", f"if={m.path / name}", f"of={back}", "bs=1M", "iflag=direct", "status=none")
             t_read += time.monotonic() - t0 if size == big else 0
             assert sha256(back) == digest, f"client read different bytes ({size})"
-            src.unlink()
             back.unlink()
         names = set(os.listdir(m.path))
         assert {f"f-{vers}-{s}.bin" for s in SIZES} <= names
