@@ -17,6 +17,7 @@ import sys
 from smbd.control import recv_record, send_record
 from smbd.server.config import ServerConfig
 from smbd.server.connection import SmbConnection
+from smbd.server.oplocks import block_lease_signals
 from smbd.server.state import ServerState
 from smbd.transport.tcp import MAX_IN_FLIGHT, TcpTransport
 
@@ -32,6 +33,7 @@ class Worker:
         self.loop = asyncio.get_running_loop()
         self.idle_reported = False
         self.seen = 0  # control records processed; smbdd retires us only if we saw them all
+        self.stopping = False
 
     def start(self) -> None:
         self.control.setblocking(False)
@@ -58,6 +60,7 @@ class Worker:
         op = record.get("op")
         if op == "config":
             self.server = ServerState(ServerConfig.from_json(record["config"]))
+            self.server.oplocks.start(self.loop)
             send_record(self.control, {"op": "ready"})
         elif op == "tcp" and self.server is not None and fds:
             self.loop.create_task(self._serve_tcp(fds[0], record.get("peer", "?"),
@@ -124,7 +127,12 @@ class Worker:
                 pass
 
     async def shutdown(self) -> None:
-        """Finish in-flight requests (bounded), then close every connection and exit."""
+        """Finish in-flight requests (bounded), then close every connection and exit.
+
+        Runs once: SIGTERM and smbdd's "shutdown" record can both ask for it."""
+        if self.stopping:
+            return
+        self.stopping = True
         server = self.server
         if server is not None:
             tasks = [t for c in list(server.connections) for t in c.tasks]
@@ -133,6 +141,7 @@ class Worker:
             for conn in list(server.connections):
                 conn.close()
             await asyncio.sleep(0)
+            server.oplocks.stop()  # on the loop thread: it owns the signalfd reader
             await self.loop.run_in_executor(None, server.shutdown)
         self.done.set()
 
@@ -162,6 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    # Before any thread exists (the event loop's, the I/O pool's): every thread must block the
+    # kernel lease signals, which the oplock manager reads from a signalfd (smbd.server.oplocks).
+    block_lease_signals()
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format=f"%(asctime)s worker[{os.getpid()}] %(name)s %(levelname)s: %(message)s")
     _preload()

@@ -329,6 +329,8 @@ class SmbConnection:
         if not key:
             return  # guest/anonymous sessions have no key; nothing to check
         if not crypto.verify_signature(self.signing_algorithm, key, req.msg, dialect=self.dialect):
+            log.debug("%s: bad signature on %d-byte %s (message id %d)", self.transport.peer, len(req.msg),
+                      _command_name(req.header.command), req.header.message_id)
             raise SmbError(NtStatus.ACCESS_DENIED, "bad signature")
 
     # ---- responses ----------------------------------------------------------------------
@@ -445,6 +447,21 @@ class SmbConnection:
             message = [crypto.encrypt_message(self.cipher, session.keys.encrypting, session.session_id, bytes(body))]
         async with self.send_lock:
             await self.transport.send(message)
+
+    async def send_unsolicited(self, message: bytes, session: Session | None, encrypt: bool) -> None:
+        """Send a whole server-initiated message, e.g. an Oplock Break Notification (3.3.4.6).
+
+        It carries SessionId 0 (2.2.23.1), so it is never signed; when the session or share
+        requires encryption it is encrypted with that session's key (3.3.4.1.4), the
+        transform header naming the session."""
+        if self.closed:
+            return
+        parts: list = [message]
+        if (encrypt and session is not None and self.dialect >= 0x0300 and session.keys is not None
+                and session.keys.encrypting and self.cipher):
+            parts = [crypto.encrypt_message(self.cipher, session.keys.encrypting, session.session_id, message)]
+        async with self.send_lock:
+            await self.transport.send(parts)
 
     def _cancel(self, hdr: Header) -> None:
         """CANCEL (3.3.5.16): find the pending request by AsyncId or MessageId; no response."""

@@ -42,7 +42,10 @@ class ServerState:
         self._opens_by_file: dict[int, int] = {}  # file key (inode) -> local open count
         self._delete_pending: set[int] = set()
         from .locks import ByteRangeLocks
+        from .oplocks import OplockManager
         self.byte_locks = ByteRangeLocks()
+        # Grants nothing until the worker starts it on its event loop (smbd.worker).
+        self.oplocks = OplockManager()
 
     def new_session_id(self) -> int:
         while True:
@@ -132,6 +135,7 @@ class ServerState:
     def shutdown(self) -> None:
         for session in list(self.sessions.values()):
             self.logoff(session)
+        self.oplocks.stop()
         self.io_pool.shutdown(wait=True)
         for vfs in self._vfs.values():
             try:

@@ -1,7 +1,9 @@
 """CREATE (3.3.5.9), CLOSE (3.3.5.10), FLUSH (3.3.5.11), READ (3.3.5.12), WRITE (3.3.5.13)
-and the oplock break acknowledgement (3.3.5.22; we grant no oplocks)."""
+and the oplock break acknowledgement (3.3.5.22.1; oplocks themselves: smbd.server.oplocks)."""
 from __future__ import annotations
 
+import asyncio
+import errno
 import logging
 import os
 import struct
@@ -14,11 +16,13 @@ from smbd.vfs.errors import translate_oserror
 from smbd.vfs.eas import set_eas
 from smbd.wire import fileio
 from smbd.wire.create import (VALID_ACCESS, WRITE_ACCESS, Access, CreateAction, CreateOptions, CreateRequest,
-                              CreateResponse, Disposition, OplockLevel, encode_contexts, map_generic)
+                              CreateResponse, Disposition, encode_contexts, map_generic)
 from smbd.wire.ea import EaListError, FullEa, parse_full_ea_list
+from smbd.wire.oplock import OplockBreakAck, oplock_break_response
 
 from .. import sharemode
 from ..objects import Open
+from ..oplocks import BREAK_ACK_TIMEOUT
 
 if TYPE_CHECKING:
     from ..connection import Request
@@ -34,6 +38,16 @@ MAX_FILE_SIZE = 0xFFFFFFF0000
 _MXAC = b"MxAc"
 _EXTA = b"ExtA"
 _QFID = b"QFid"
+# How long a CREATE waits for oplock breaks to finish before failing: the acknowledgment
+# timer (3.3.2.1) plus slack; the kernel itself gives up on a lease after
+# /proc/sys/fs/lease-break-time (45 s by default).
+_BREAK_WAIT_LIMIT = BREAK_ACK_TIMEOUT + 15.0
+
+
+class _LeaseBreakPending(Exception):
+    """open(2) met a kernel lease (an oplock held by any client, or a local program's
+    lease): the VFS opens with O_NONBLOCK, so the kernel started the break and failed the
+    open with EWOULDBLOCK instead of blocking an I/O thread. The open is tried again."""
 
 
 def _granted_access(req: "Request", create: CreateRequest) -> int:
@@ -88,7 +102,8 @@ async def handle_create(req: "Request") -> bytes:
     if opts & CreateOptions.DELETE_ON_CLOSE and not access & Access.DELETE:
         raise SmbError(NtStatus.ACCESS_DENIED, "delete-on-close without DELETE access")
     eas = _requested_eas(create)
-    op = await server.io(_open_file, server, req, create, components, access, eas)
+    op = await _open_after_breaks(req, create, components, access, eas)
+    oplock = server.oplocks.grant(op.open, create.oplock_level)
     contexts = []
     if _MXAC in create.contexts:
         contexts.append((_MXAC, struct.pack("<II", 0, tree.maximal_access)))
@@ -96,9 +111,37 @@ async def handle_create(req: "Request") -> bytes:
         contexts.append((_QFID, struct.pack("<QQ16x", op.info.file_id, op.info.volume_id)))
     req.created_file_id = op.open.file_id
     info = op.info
-    return CreateResponse(OplockLevel.NONE, 0, op.action, info.creation_time, info.last_access_time,
+    return CreateResponse(oplock, 0, op.action, info.creation_time, info.last_access_time,
                           info.last_write_time, info.change_time, info.allocation_size, info.size,
                           info.attributes, op.open.file_id, encode_contexts(contexts) if contexts else b"").pack()
+
+
+async def _open_after_breaks(req: "Request", create: CreateRequest, components: tuple[str, ...],
+                             access: int, eas: tuple[FullEa, ...]) -> "_Opened":
+    """Open, and while an oplock break holds the file (3.3.4.6), wait and try again.
+
+    The wait is on the event loop, not on an I/O thread: the break's acknowledgment (or
+    the holder's CLOSE) must get through even when every I/O thread is busy. While it
+    lasts the request goes async (interim STATUS_PENDING, 3.3.4.2), as Windows answers a
+    CREATE that waits for a break, so the client does not time it out; only the last
+    request of a compound may (see Request.go_async)."""
+    server = req.server
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _BREAK_WAIT_LIMIT
+    delay = 0.002
+    while True:
+        try:
+            return await server.io(_open_file, server, req, create, components, access, eas)
+        except _LeaseBreakPending:
+            pass
+        if req.cancelled.is_set():
+            raise SmbError(NtStatus.CANCELLED)
+        if loop.time() > deadline:
+            raise SmbError(NtStatus.SHARING_VIOLATION, "oplock break did not complete")
+        if req.is_last and not req.interim_sent:
+            await req.go_async()
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def _requested_eas(create: CreateRequest) -> tuple[FullEa, ...]:
@@ -183,8 +226,14 @@ def _open_once(server: "ServerState", req: "Request", create: CreateRequest, com
     write = bool(access & (Access.FILE_WRITE_DATA | Access.FILE_APPEND_DATA)) or truncate
     if write and is_dir:
         write = False
-    opened = vfs.open(components, create=create_new, exclusive=create_new, truncate=truncate,
-                      directory=is_dir, write=write and not tree.share.read_only)
+    try:
+        opened = vfs.open(components, create=create_new, exclusive=create_new, truncate=truncate,
+                          directory=is_dir, write=write and not tree.share.read_only)
+    except SmbError as e:
+        cause = e.__cause__
+        if isinstance(cause, OSError) and cause.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+            raise _LeaseBreakPending() from e
+        raise
     fd = opened.fd
     try:
         sharemode.acquire(fd, access, create.share_access)
@@ -222,6 +271,7 @@ def close_open(server: "ServerState", op: Open) -> None:
     """Release an Open: its fd (and with it every OFD lock), delete-on-close, watches."""
     if op.closed:
         return
+    server.oplocks.forget(op)
     op.closed = True
     server.unregister_open(op)
     if op.notify is not None:
@@ -251,6 +301,9 @@ async def handle_close(req: "Request") -> bytes:
     close = fileio.CloseRequest.parse(req.msg)
     op = req.open_for(close.file_id)
     server = req.server
+    # Drop the lease here, on the loop: an opener blocked on it holds an I/O thread, and
+    # closing instead of acknowledging a break must free it even if all of them are busy.
+    server.oplocks.forget(op)
     if close.flags & fileio.CLOSE_FLAG_POSTQUERY_ATTRIB and op.pipe is None:
         info = await server.io(op.tree.vfs.stat_fd, op.fd, op.components[-1] if op.components else "")
         await server.io(close_open, server, op)
@@ -272,6 +325,10 @@ async def handle_flush(req: "Request") -> bytes:
     with translate_oserror():
         await req.server.io(os.fsync, op.fd)
     return empty_response()
+
+
+# SMB2 header, READ response, transform header and alignment around inline read data.
+INLINE_READ_OVERHEAD = 64 + 16 + 52 + 64
 
 
 def _invalidate_on_reply(req: "Request", channel: int, descriptors) -> None:
@@ -311,6 +368,12 @@ async def handle_read(req: "Request") -> list:
         if rdma is None:
             raise SmbError(NtStatus.INVALID_PARAMETER, "RDMA channel on a non-RDMA connection")
         return await rdma.read_to_client(req, op, rd)
+    cap = getattr(req.conn.transport, "max_message", None)
+    if cap is not None and length > cap - INLINE_READ_OVERHEAD:
+        # An inline reply must fit the peer's SMB Direct reassembly limit; a short read is a
+        # valid answer (DataLength < Length, MS-SMB2 3.3.5.12) and the client reads on. cifs.ko
+        # 6.1 asks sealed sessions for 1 MiB inline reads against its own 170 KB limit.
+        length = max(cap - INLINE_READ_OVERHEAD, 0)
     buf = bytearray(length)
     with translate_oserror():
         n = await req.server.io(op.tree.vfs.pread_into, op.fd, memoryview(buf), rd.offset)
@@ -351,6 +414,7 @@ async def handle_write(req: "Request") -> bytes:
     if length and offset + length > MAX_FILE_SIZE:
         raise SmbError(NtStatus.INVALID_PARAMETER, "write beyond MAXFILESIZE")
     req.server.byte_locks.check_io(op, offset, length, write=True)
+    req.server.oplocks.break_level_ii(op.file_key)
     if wr.channel != fileio.Channel.NONE:
         rdma = req.conn.transport.rdma
         if rdma is None:
@@ -373,5 +437,14 @@ def _pwrite_all(vfs, fd: int, data: memoryview, offset: int, write_through: bool
 
 
 async def handle_oplock_break(req: "Request") -> bytes:
-    # We never grant oplocks or leases, so there is never a break to acknowledge.
-    raise SmbError(NtStatus.INVALID_OPLOCK_PROTOCOL)
+    """OPLOCK_BREAK acknowledgment (3.3.5.22.1): complete the break the client acknowledges.
+
+    The tree is not checked against the Open (OPLOCK_BREAK needs none in the pipeline);
+    the Open must belong to the request's session."""
+    ack = OplockBreakAck.parse(req.msg)
+    persistent, volatile = req.resolve_file_id(ack.file_id)
+    op = req.server.opens.get(volatile)
+    if op is None or op.closed or op.session is not req.session or op.persistent_id != persistent:
+        raise SmbError(NtStatus.FILE_CLOSED)
+    level = req.server.oplocks.acknowledge(op, ack.oplock_level)
+    return oplock_break_response(level, op.file_id)

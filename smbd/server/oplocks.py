@@ -1,0 +1,390 @@
+"""SMB2 oplocks that hold across worker processes, backed by Linux kernel file leases.
+
+MS-SMB2 3.3.5.9 (an oplock is granted at CREATE), 3.3.4.6 (the object store breaks it: the
+server notifies the client), 3.3.5.22.1 (the client acknowledges), 3.3.2.1 (the 35 s Oplock
+Break Acknowledgment Timer).
+
+Each client has its own worker process, so only the kernel sees every open of a file: other
+workers' clients, local programs, NFS. We therefore grant an oplock only when the kernel
+grants a lease on the Open's own fd (fcntl F_SETLEASE), the way Samba's "kernel oplocks" work,
+and never more than the kernel gave:
+
+- BATCH / EXCLUSIVE need a write lease (F_WRLCK): the kernel grants it only while no other
+  open file description of the file exists anywhere, and breaks it on any later open(2).
+- LEVEL_II needs a lease that breaks on any open for writing: a read lease (F_RDLCK) does,
+  but the kernel gives one only on an fd opened read-only; on a writable fd we hold a write
+  lease instead (stronger: any open breaks it), and a level II break needs no acknowledgment.
+- Otherwise NONE.
+
+A break: the opener (any process, our own I/O threads included) blocks in open(2) while the
+kernel queues LEASE_SIGNAL (set with F_SETSIG) for us. Python's sigwaitinfo() does not expose
+si_fd, so the signal is blocked in every thread (block_lease_signals(), called before any
+thread starts) and read from a signalfd on the event loop: struct signalfd_siginfo carries
+ssi_fd. We send the Oplock Break Notification and wait for the acknowledgment (or a CLOSE, or
+the 35 s timer), then drop or downgrade the lease, and the kernel lets the opener go on.
+The kernel's own /proc/sys/fs/lease-break-time (45 s by default) is the last resort.
+
+Break levels: a write lease may be downgraded to a read lease only on a read-only fd, and only
+when the opener wants to read (the kernel reports the target through F_GETLEASE); a client
+holding a writable handle is therefore always broken to NONE. That is stricter than Windows
+(which would offer LEVEL_II) but it is the only answer that keeps other clients' data safe.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import fcntl
+import logging
+import os
+import signal
+import struct
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from smbd.status import NtStatus, SmbError
+from smbd.wire.create import OplockLevel
+from smbd.wire.oplock import oplock_break_notification
+
+if TYPE_CHECKING:
+    from .objects import Open
+
+log = logging.getLogger("smbd.oplocks")
+
+LEASE_SIGNAL = signal.SIGRTMIN + 2
+# If the real-time signal queue overflows the kernel sends SIGIO instead (fcntl(2), F_SETSIG);
+# that one carries no fd, so then every lease we hold is checked.
+OVERFLOW_SIGNAL = signal.SIGIO
+BREAK_ACK_TIMEOUT = 35.0  # MS-SMB2 3.3.2.1 Oplock Break Acknowledgment Timer (Windows: 35 s)
+
+F_SETSIG = 10  # <fcntl.h>; Python's fcntl module does not name it
+_SIGNALFD_SIGINFO = struct.Struct("<IiiIIi")  # ssi_signo, ssi_errno, ssi_code, ssi_pid, ssi_uid, ssi_fd
+_SIGNALFD_SIGINFO_SIZE = 128  # sizeof(struct signalfd_siginfo), signalfd(2)
+
+_EXCLUSIVE_LEVELS = (OplockLevel.BATCH, OplockLevel.EXCLUSIVE)
+
+
+def block_lease_signals() -> None:
+    """Block the lease signals in the calling thread and every thread it starts later.
+
+    Must run in the main thread before the event loop and the I/O pool start: a real-time
+    signal delivered to a thread that does not block it would kill the process (default
+    action), and one caught by a handler loses its si_fd."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {LEASE_SIGNAL, OVERFLOW_SIGNAL})
+
+
+def _signals_blocked() -> bool:
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    return LEASE_SIGNAL in blocked and OVERFLOW_SIGNAL in blocked
+
+
+# ---- the kernel side: leases and the signalfd ---------------------------------------------------
+
+def take_lease(fd: int, kind: int) -> bool:
+    """Ask the kernel for a lease (fcntl F_SETLEASE F_WRLCK / F_RDLCK) on ``fd``; False if refused.
+
+    F_SETSIG comes first so that the break signal is LEASE_SIGNAL with si_fd set."""
+    try:
+        fcntl.fcntl(fd, F_SETSIG, LEASE_SIGNAL)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, kind)
+        return True
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EBUSY, errno.EACCES, errno.EINVAL, errno.ENOLCK):
+            log.warning("F_SETLEASE on fd %d: %s", fd, e)
+        return False
+
+
+def drop_lease(fd: int) -> None:
+    """Release the lease (F_UNLCK): a blocked opener goes on. Never blocks."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    except OSError as e:
+        if e.errno != errno.EBADF:
+            log.warning("F_SETLEASE F_UNLCK on fd %d: %s", fd, e)
+
+
+def lease_state(fd: int) -> int:
+    """F_GETLEASE: the lease held, or during a break the type the breaker needs us to go to
+    (F_RDLCK: it opens for reading; F_UNLCK: for writing). -1 if the fd is gone."""
+    try:
+        return fcntl.fcntl(fd, fcntl.F_GETLEASE)
+    except OSError:
+        return -1
+
+
+def is_writable_fd(fd: int) -> bool:
+    return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+
+
+class SignalFd:
+    """signalfd(2) for the lease signals, through ctypes (Python has no binding)."""
+
+    def __init__(self, signals: tuple[int, ...]):
+        libc = ctypes.CDLL(None, use_errno=True)
+        mask = (ctypes.c_ubyte * 128)()  # sigset_t: bit (signo - 1)
+        for signo in signals:
+            mask[(signo - 1) // 8] |= 1 << ((signo - 1) % 8)
+        fd = libc.signalfd(-1, ctypes.byref(mask), os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"signalfd: {os.strerror(err)}")
+        self.fd = fd
+
+    def read(self) -> list[tuple[int, int]]:
+        """Every pending (signo, fd) pair; fd is -1 for signals that carry none."""
+        out = []
+        while True:
+            try:
+                data = os.read(self.fd, _SIGNALFD_SIGINFO_SIZE * 16)
+            except BlockingIOError:
+                return out
+            for off in range(0, len(data) - _SIGNALFD_SIGINFO_SIZE + 1, _SIGNALFD_SIGINFO_SIZE):
+                signo, _, _, _, _, sfd = _SIGNALFD_SIGINFO.unpack_from(data, off)
+                out.append((signo, sfd if signo == LEASE_SIGNAL else -1))
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+# ---- the oplock state of one Open ---------------------------------------------------------------
+
+@dataclass(eq=False)
+class Grant:
+    """Open.OplockLevel and Open.OplockState (MS-SMB2 3.3.1.10) with the lease behind them."""
+
+    op: "Open"
+    fd: int
+    level: int  # the SMB2 oplock level the client holds
+    lease: int  # fcntl.F_WRLCK or fcntl.F_RDLCK, held on fd
+    breaking_to: int | None = None  # while Breaking: the level offered in the notification
+    timer: asyncio.TimerHandle | None = None
+
+
+class OplockManager:
+    """Grants, breaks and acknowledgments for one worker's Opens.
+
+    Everything but ``forget`` runs on the event loop thread. Until ``start`` succeeds (no
+    loop, signals not blocked, no signalfd) it grants nothing: an oplock whose break we
+    could not hear would let other clients read stale data."""
+
+    def __init__(self, ack_timeout: float = BREAK_ACK_TIMEOUT):
+        self.ack_timeout = ack_timeout
+        self._grants: dict[int, Grant] = {}  # by fd
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sigfd: SignalFd | None = None
+        self._thread: int | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self._sigfd is not None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> bool:
+        if self._sigfd is not None:
+            return True
+        if not _signals_blocked():
+            log.warning("lease signals are not blocked in this thread: oplocks disabled")
+            return False
+        try:
+            self._sigfd = SignalFd((LEASE_SIGNAL, OVERFLOW_SIGNAL))
+        except OSError as e:
+            log.warning("no signalfd (%s): oplocks disabled", e)
+            return False
+        self._loop = loop
+        self._thread = threading.get_ident()
+        loop.add_reader(self._sigfd.fd, self._on_signals)
+        kernel_limit = _lease_break_time()
+        if kernel_limit is not None and kernel_limit <= self.ack_timeout:
+            # The kernel would revoke the lease (and let the opener go on) while the client
+            # may still be flushing cached writes: breaks become unsafe past that point.
+            log.warning("/proc/sys/fs/lease-break-time is %d s, below the %.0f s oplock break "
+                        "timeout: slow clients may lose cached data", kernel_limit, self.ack_timeout)
+        return True
+
+    def stop(self) -> None:
+        for grant in list(self._grants.values()):
+            self._end(grant, release=True)
+        if self._sigfd is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self._sigfd.fd)
+            self._sigfd.close()
+            self._sigfd = None
+        self._loop = None
+
+    # -- 3.3.5.9: grant at CREATE --------------------------------------------------------
+
+    def grant(self, op: "Open", requested: int) -> int:
+        """The oplock level to return in the CREATE response, after taking the lease behind it."""
+        if not self.enabled or op.is_dir or op.pipe is not None or op.closed:
+            return OplockLevel.NONE
+        if requested not in (OplockLevel.II, *_EXCLUSIVE_LEVELS):
+            return OplockLevel.NONE  # NONE, or a lease (RqLs) request: we grant no leases yet
+        if not _has_data_access(op.granted_access):
+            return OplockLevel.NONE  # attribute-only ("stat") opens get none, as in Samba
+        writable = is_writable_fd(op.fd)
+        if requested == OplockLevel.II and not writable and take_lease(op.fd, fcntl.F_RDLCK):
+            level, lease = OplockLevel.II, fcntl.F_RDLCK  # other readers need not break it
+        elif take_lease(op.fd, fcntl.F_WRLCK):
+            level, lease = requested, fcntl.F_WRLCK
+        elif not writable and take_lease(op.fd, fcntl.F_RDLCK):
+            level, lease = OplockLevel.II, fcntl.F_RDLCK
+        else:
+            return OplockLevel.NONE
+        self._grants[op.fd] = Grant(op, op.fd, level, lease)
+        log.debug("%s: oplock 0x%02x granted (lease %d, fd %d)", op.display_name, level, lease, op.fd)
+        return level
+
+    def level(self, op: "Open") -> int:
+        grant = self._grant_of(op)
+        return grant.level if grant is not None else OplockLevel.NONE
+
+    def breaking(self, op: "Open") -> bool:
+        grant = self._grant_of(op)
+        return grant is not None and grant.breaking_to is not None
+
+    def _grant_of(self, op: "Open") -> Grant | None:
+        grant = self._grants.get(op.fd)
+        return grant if grant is not None and grant.op is op else None
+
+    # -- 3.3.4.6: the kernel breaks a lease -----------------------------------------------
+
+    def _on_signals(self) -> None:
+        assert self._sigfd is not None
+        for signo, fd in self._sigfd.read():
+            if signo == LEASE_SIGNAL:
+                grant = self._grants.get(fd)
+                if grant is not None:
+                    self._check(grant)
+            else:  # queue overflow: find the breaking leases ourselves
+                for grant in list(self._grants.values()):
+                    self._check(grant)
+
+    def _check(self, grant: Grant) -> None:
+        """Start a break if the kernel is breaking this lease (a queued signal may be stale:
+        the fd may since have been closed and its number reused for a new lease)."""
+        if grant.breaking_to is not None:
+            if lease_state(grant.fd) == fcntl.F_UNLCK and grant.breaking_to != OplockLevel.NONE:
+                grant.breaking_to = OplockLevel.NONE  # a writer came along during the break
+            return
+        state = lease_state(grant.fd)
+        if state == grant.lease or state < 0:
+            return
+        self._break(grant, wants_write=(state == fcntl.F_UNLCK))
+
+    def _break(self, grant: Grant, wants_write: bool) -> None:
+        op = grant.op
+        if grant.level == OplockLevel.II:
+            # 3.3.4.6 / 2.2.24.1: a break from level II goes to none, unacknowledged.
+            self._notify(op, OplockLevel.NONE)
+            self._end(grant, release=True)
+            return
+        downgradable = not wants_write and grant.lease == fcntl.F_WRLCK and not is_writable_fd(grant.fd)
+        grant.breaking_to = OplockLevel.II if downgradable else OplockLevel.NONE
+        grant.timer = self._loop.call_later(self.ack_timeout, self._ack_timed_out, grant)
+        self._notify(op, grant.breaking_to)
+
+    def break_level_ii(self, file_key: int | None) -> None:
+        """A write (or another change of the data) is about to happen on the file: every
+        level II oplock on it in this worker, the writer's own included, goes to none,
+        unacknowledged (MS-FSA 2.1.4.12 via MS-SMB2 3.3.4.6). Writers in other processes
+        needed an open for writing first, which the kernel already turned into a break."""
+        if file_key is None or not self._grants:
+            return
+        for grant in [g for g in self._grants.values()
+                      if g.op.file_key == file_key and g.level == OplockLevel.II and g.breaking_to is None]:
+            self._notify(grant.op, OplockLevel.NONE)
+            self._end(grant, release=True)
+
+    def _notify(self, op: "Open", level: int) -> None:
+        conn = _channel_for(op)
+        if conn is None:
+            log.info("%s: no connection to send an oplock break on", op.display_name)
+            return
+        session = op.session
+        encrypt = bool(session.encrypt_data or (op.tree is not None and op.tree.encrypt))
+        log.debug("%s: oplock break to 0x%02x sent", op.display_name, level)
+        task = self._loop.create_task(conn.send_unsolicited(
+            oplock_break_notification(level, op.file_id), session, encrypt))
+        task.add_done_callback(_log_send_failure)
+
+    def _ack_timed_out(self, grant: Grant) -> None:
+        """3.3.2.1: no acknowledgment in time: the oplock is broken to none regardless."""
+        grant.timer = None
+        if self._grants.get(grant.fd) is grant:
+            log.info("%s: oplock break not acknowledged in %.0f s", grant.op.display_name, self.ack_timeout)
+            self._end(grant, release=True)
+
+    # -- 3.3.5.22.1: the client acknowledges -------------------------------------------------
+
+    def acknowledge(self, op: "Open", level: int) -> int:
+        """Complete a break with the level the client accepts; returns the level now held."""
+        grant = self._grant_of(op)
+        if grant is None or grant.breaking_to is None:
+            raise SmbError(NtStatus.INVALID_OPLOCK_PROTOCOL, "no oplock break in progress")
+        if level not in (OplockLevel.NONE, OplockLevel.II):
+            raise SmbError(NtStatus.INVALID_PARAMETER, "bad acknowledged oplock level")
+        if grant.timer is not None:
+            grant.timer.cancel()
+            grant.timer = None
+        if (level == OplockLevel.II and grant.breaking_to == OplockLevel.II
+                and lease_state(grant.fd) == fcntl.F_RDLCK and take_lease(grant.fd, fcntl.F_RDLCK)):
+            grant.level, grant.lease, grant.breaking_to = OplockLevel.II, fcntl.F_RDLCK, None
+            return OplockLevel.II
+        self._end(grant, release=True)
+        return OplockLevel.NONE
+
+    # -- teardown ------------------------------------------------------------------------------
+
+    def forget(self, op: "Open") -> None:
+        """The Open is closing: drop its lease now (so openers blocked on it go on even if the
+        I/O threads are busy) and its bookkeeping. Safe from any thread."""
+        if self._loop is not None and threading.get_ident() != self._thread:
+            grant = self._grants.get(op.fd)
+            if grant is not None and grant.op is op and not op.closed:
+                drop_lease(op.fd)
+            self._loop.call_soon_threadsafe(self._forget, op)
+            return
+        self._forget(op)
+
+    def _forget(self, op: "Open") -> None:
+        grant = self._grants.get(op.fd)
+        if grant is not None and grant.op is op:
+            self._end(grant, release=not op.closed)
+
+    def _end(self, grant: Grant, *, release: bool) -> None:
+        if grant.timer is not None:
+            grant.timer.cancel()
+            grant.timer = None
+        if self._grants.get(grant.fd) is grant:
+            del self._grants[grant.fd]
+            if release:
+                drop_lease(grant.fd)
+
+
+def _lease_break_time() -> int | None:
+    try:
+        with open("/proc/sys/fs/lease-break-time") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _has_data_access(access: int) -> bool:
+    # FILE_READ_DATA, FILE_WRITE_DATA, FILE_APPEND_DATA, FILE_EXECUTE (MS-SMB2 2.2.13.1.1)
+    return bool(access & (0x1 | 0x2 | 0x4 | 0x20))
+
+
+def _channel_for(op: "Open") -> Any:
+    """The connection to send a break on: the Open's own, else any live channel of its session."""
+    conn = op.connection
+    if conn is not None and not conn.closed:
+        return conn
+    for channel in op.session.channels.values():
+        if not channel.connection.closed:
+            return channel.connection
+    return None
+
+
+def _log_send_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.info("oplock break notification not sent: %s", task.exception())
