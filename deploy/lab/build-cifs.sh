@@ -18,7 +18,7 @@ force=0
 
 dest=$LAB_CACHE/cifs-$LAB_KVER
 lab_check_inputs
-key=$(lab_cache_key cifs CONFIG_CIFS_SMB_DIRECT=y)
+key=$(lab_cache_key cifs CONFIG_CIFS_SMB_DIRECT=y "$(cat "${BASH_SOURCE[0]}")")
 if [[ $force == 0 && -f $dest/cifs.ko && "$(cat "$dest/cifs.ko.key" 2>/dev/null)" == "$key" ]]; then
     lab_log "cached: $dest/cifs.ko"
     echo "$dest/cifs.ko"
@@ -30,6 +30,25 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/smbdd-cifs-build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 lab_log "extracting fs/smb from $LAB_SRC_TARBALL"
 lab_extract "$work" fs/smb fs/internal.h scripts/asn1_compiler.c
+# Linux 6.1's smbd_send() sends each page of an inline request in max_iov_size pieces but
+# bounds each piece only by the bytes left in the message, not by what is left of the page:
+# a 4096-byte page goes out as 4 x 1340 = 5360 bytes. Every signed or sealed write larger than
+# one fragment reaches the server corrupted (seen in the lab: smbdd refuses it for its bad
+# signature or AEAD tag, so nothing corrupt is stored). Later kernels rewrote this loop; the
+# lab bounds the piece by the page so that signed and sealed SMB Direct I/O can be tested.
+smbdirect="$work/src/fs/smb/client/smbdirect.c"
+python3 - "$smbdirect" <<'PY'
+import sys
+path = sys.argv[1]
+src = open(path).read()
+old = "size = min_t(unsigned int, max_iov_size, remaining_data_length);"
+new = ("size = min_t(unsigned int, min_t(unsigned int, max_iov_size, buflen - j * max_iov_size), "
+       "remaining_data_length);")
+if src.count(old) != 1:
+    sys.exit("smbd_send() page loop not found as expected in smbdirect.c: update build-cifs.sh")
+open(path, "w").write(src.replace(old, new))
+PY
+lab_log "patched smbd_send() page-piece bound"
 lab_make_objtree "$work"
 lab_log "building cifs.ko (SMB Direct) against $LAB_HEADERS"
 # CONFIG_CIFS_SMB_DIRECT=y selects smbdirect.o in the Makefile; the -D makes the #ifdefs in the

@@ -45,6 +45,8 @@ class ProxyTransport(asyncio.Protocol):
     def __init__(self, peer: str, on_message, on_lost):
         self.peer = peer
         self.rdma: RdmaChannel | None = None
+        # The largest message the peer reassembles (its MaxFragmentedSize, MS-SMBD 3.1.1.1).
+        self.max_message: int | None = None
         self._decoder = relay.FrameDecoder()
         self._on_message = on_message
         self._on_lost = on_lost
@@ -70,6 +72,7 @@ class ProxyTransport(asyncio.Protocol):
             info = fr.json()
             self.rdma = RdmaChannel(self, _attach_pool(info["pool"]), info)
             self.peer = info.get("peer", self.peer)
+            self.max_message = int(info.get("max_message", 0)) or None
             if not self._setup.done():
                 self._setup.set_result(info)
         elif fr.type == relay.FrameType.MESSAGE:

@@ -18,6 +18,7 @@ class TcpTransport(asyncio.Protocol):
     """Frames and unframes SMB2 messages; flow control both ways."""
 
     rdma = None
+    max_message = None  # direct TCP carries any message up to MaxTransactSize
 
     def __init__(self, peer: str, max_message: int, on_message: Callable[[bytes], None],
                  on_lost: Callable[[], None]):

@@ -165,6 +165,8 @@ class ProxyConnection:
                 self._post_send(ev.payload, ev.invalidate_rkey)
             elif isinstance(ev, MessageReceived):
                 self.stats["messages_in"] += 1
+                if len(ev.smb2) > 4096:
+                    log.debug("%s: reassembled a %d-byte message", self.peer, len(ev.smb2))
                 self._to_worker(ev.smb2)
             elif isinstance(ev, NegotiateDone):
                 log.info("%s: negotiated send %d recv %d fragmented %d rw %d", self.peer,
@@ -236,7 +238,8 @@ class ProxyConnection:
         self.relay = proto
         proto.write(relay.setup({"pool": self.proxy.pool.name, "slot_size": self.proxy.pool.slot_size,
                                  "peer": self.peer,
-                                 "max_read_write_size": self.proxy.smbd_config.max_read_write_size}))
+                                 "max_read_write_size": self.proxy.smbd_config.max_read_write_size,
+                                 "max_message": self.core.params.max_fragmented_send_size}))
         early, self._early = self._early, []
         for msg in early:
             proto.send_message(msg)
