@@ -36,7 +36,7 @@ case "$cmd" in
   torture)
     install
     exec "$SMBDD_VENV/bin/python" -m tests.torture.compare --out tests/torture/RESULTS.md \
-      --json tests/torture/results.json "$@"
+      --json tests/torture/results.json --passing-list tests/torture/smbdd_passing.txt "$@"
     ;;
   bench)
     install

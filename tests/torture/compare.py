@@ -27,6 +27,7 @@ from tests.peers.samba_server import (TORTURE_GLOBAL_OPTIONS, TORTURE_SHARE_OPTI
                                      SambaServer)
 from tests.peers.server_under_test import DEFAULT_PROFILE, CommandServer
 
+from .subunit_v1 import Outcome
 from .runner import SuiteRun, run_suite, smbtorture_available
 
 DEFAULT_SUITES = ("smb2.connect,smb2.read,smb2.rw,smb2.dir,smb2.getinfo,smb2.setinfo,"
@@ -157,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samba-vanilla", action="store_true",
                     help="plain Samba share, without the Windows-like VFS modules")
     ap.add_argument("--keep", action="store_true", help="keep server folders and raw output")
+    ap.add_argument("--passing-list", type=Path,
+                    help="write the smbdd tests that passed, one a line (tests/test_smbtorture.py's gate)")
     args = ap.parse_args(argv)
 
     if not smbtorture_available():
@@ -202,6 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"samba": to_json(samba_runs),
                                          "smbdd": to_json(smbdd_runs or {})}, indent=1))
+    if args.passing_list and smbdd_runs:
+        passed = sorted(name for run in smbdd_runs.values() for name, r in run.items()
+                        if r.outcome in (Outcome.SUCCESS, Outcome.XFAIL))
+        args.passing_list.write_text("# smbtorture tests smbdd passed; written by tests.torture.compare "
+                                     "--passing-list\n" + "\n".join(passed) + "\n")
     print(f"wrote {args.out}")
     return 0
 
