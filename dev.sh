@@ -9,7 +9,8 @@
 #                                    RDMA tests in the soft-RoCE lab VM (shared/LAB.md)
 #   ./dev.sh torture                 the long smbtorture comparison against Samba's smbd, writing
 #                                    tests/torture/RESULTS.md (its own command: it takes minutes)
-#   ./dev.sh bench [args]            benchmarks against Samba (bench/)
+#   ./dev.sh bench [args]            smbclient put/get of 256 MiB, smbdd against Samba's smbd
+#   ./dev.sh bench-rdma [args]       SMB Direct in the lab VM against raw verbs (one boot)
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$repo"
@@ -40,10 +41,15 @@ case "$cmd" in
     ;;
   bench)
     install
-    exec "$SMBDD_VENV/bin/python" -m bench "$@"
+    exec "$SMBDD_VENV/bin/python" -m bench.smbclient_bench "$@"
+    ;;
+  bench-rdma)
+    install
+    bash deploy/lab/build-cifs.sh >/dev/null
+    exec "$SMBDD_VENV/bin/python" -m bench.rdma_bench "$@"
     ;;
   *)
-    sed -n '2,13p' "$0"
+    sed -n '2,14p' "$0"
     exit 2
     ;;
 esac
