@@ -49,7 +49,7 @@ case "$cmd" in
     exec "$SMBDD_VENV/bin/python" -m bench.rdma_bench "$@"
     ;;
   *)
-    sed -n '2,14p' "$0"
+    sed -n '2,/^set -euo/{/^set -euo/!p}' "$0"
     exit 2
     ;;
 esac
