@@ -29,7 +29,26 @@ FIRST_REFERENT_ID = 0x00020000  # what Windows and Samba start with; any non-zer
 MAX_ELEMENTS = 1 << 20  # refuse absurd conformance counts before allocating anything
 
 
-class NdrWriter:
+class _DeferredReferents:
+    """Where embedded pointers' referents go (C706 14.3.12.3): after the structure that holds
+    them, depth first. Writer and reader share this so both walk referents in one order."""
+
+    _scopes: list
+
+    def pointee(self, job: Callable) -> None:
+        """Run one referent, then the referents it deferred (depth first)."""
+        self._scopes.append([])
+        try:
+            job(self)
+            # Each deferred referent runs in a scope of its own, so what *it* defers
+            # follows it directly rather than joining this list.
+            for inner in self._scopes[-1]:
+                self.pointee(inner)
+        finally:
+            self._scopes.pop()
+
+
+class NdrWriter(_DeferredReferents):
     """Builds one stub (request or response body). Alignment is relative to the stub start."""
 
     def __init__(self) -> None:
@@ -80,17 +99,6 @@ class NdrWriter:
         else:
             self.pointee(job)
 
-    def pointee(self, job: Callable[["NdrWriter"], None]) -> None:
-        """Write one referent, then the referents it deferred (depth first)."""
-        self._scopes.append([])
-        try:
-            job(self)
-            # Each deferred referent runs in a scope of its own, so what *it* defers
-            # follows it directly rather than joining this list.
-            for inner in self._scopes[-1]:
-                self.pointee(inner)
-        finally:
-            self._scopes.pop()
 
     # ---- constructed types ------------------------------------------------------------
 
@@ -110,7 +118,7 @@ class NdrWriter:
             write_item(self, item)
 
 
-class NdrReader:
+class NdrReader(_DeferredReferents):
     """Decodes one stub; every read is bounds-checked and raises :class:`NdrError`."""
 
     def __init__(self, data: bytes | memoryview) -> None:
@@ -171,14 +179,6 @@ class NdrReader:
         self.pointer(read, box.append)
         return box[0] if box else None
 
-    def pointee(self, job: Callable[["NdrReader"], None]) -> None:
-        self._scopes.append([])
-        try:
-            job(self)
-            for inner in self._scopes[-1]:
-                self.pointee(inner)
-        finally:
-            self._scopes.pop()
 
     # ---- constructed types ------------------------------------------------------------
 
