@@ -123,9 +123,9 @@ class ProxyConnection:
                     self._failed(kind, idx, c.status)
                     continue
                 if kind == KIND_RECV:
-                    start = idx * self.recv_size
-                    data = self._recv_buf.raw[start:start + c.byte_len] if c.byte_len < 256 else \
-                        ctypes.string_at(ctypes.addressof(self._recv_buf) + start, c.byte_len)
+                    # Copy just this message out of its buffer (the core keeps it; the buffer
+                    # is reposted at once).
+                    data = ctypes.string_at(ctypes.addressof(self._recv_buf) + idx * self.recv_size, c.byte_len)
                     self.core.receive(data, now)
                     if not self.closed:
                         self._post_recv(idx)
