@@ -49,6 +49,14 @@ if ((${#missing[@]})); then
     exit 77
 fi
 
+# One lab VM at a time: two emulated guests on a 2-core host starve each other past cifs.ko's
+# 30 s NEGOTIATE timeout, and the module builds share one cache.  A second caller waits.
+exec 9>/run/lock/smbdd-lab.lock
+if ! flock -n 9; then
+    log "another lab VM is running; waiting for it"
+    flock 9
+fi
+
 out=${SMBDD_LAB_OUT:-$(mktemp -d /tmp/smbdd-lab.XXXXXX)}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
