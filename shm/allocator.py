@@ -90,6 +90,10 @@ class SlotAllocator:
     def held_by(self, owner_key: Hashable) -> frozenset[int]:
         return frozenset(self._by_owner.get(owner_key, ()))
 
+    def count_held(self, owner_key: Hashable) -> int:
+        """How many slots ``owner_key`` holds (no copy: the proxy asks per message)."""
+        return len(self._by_owner.get(owner_key, ()))
+
     @property
     def in_use(self) -> int:
         return len(self._owner)

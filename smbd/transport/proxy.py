@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import logging
 import socket
+import struct
 from typing import TYPE_CHECKING
 
 from smbd.status import NtStatus, ProtocolViolation, SmbError
@@ -77,6 +78,11 @@ class ProxyTransport(asyncio.Protocol):
                 self._setup.set_result(info)
         elif fr.type == relay.FrameType.MESSAGE:
             smb2, _token = fr.message()
+            prefetch = fr.prefetch()
+            if prefetch is not None:
+                if self.rdma is None:
+                    raise ProtocolViolation("prefetched WRITE before SETUP")
+                self.rdma.on_prefetch(smb2, *prefetch)
             self._on_message(smb2)
         elif self.rdma is not None:
             self.rdma.on_frame(fr)
@@ -102,9 +108,15 @@ class ProxyTransport(asyncio.Protocol):
         self._transport.writelines(parts)
 
     async def send(self, parts: list, invalidate_token: int | None = None) -> None:
+        if self.rdma is not None and self.rdma.prefetch_pending:
+            self.rdma.response_sent(parts[0])
         size = sum(len(p) for p in parts)
         self.write([relay.message(size, invalidate_token), *parts])
         await self._can_write.wait()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         if self._transport is not None and not self._closed:
@@ -112,8 +124,21 @@ class ProxyTransport(asyncio.Protocol):
             self._transport.close()
 
 
+KEEP_IDLE_SLOTS = 4  # slots kept between I/Os: one per request of a queue-depth-4 stream
+RECLAIM_QUIET = 1.0  # seconds after a RECLAIM during which no slot is kept idle
+MAX_DESCRIPTORS = 255  # the proxy posts one work request per descriptor and caps them there
+_MESSAGE_ID = struct.Struct("<Q")  # SMB2 header MessageId, MS-SMB2 2.2.1.2, at offset 24
+
+
 class RdmaChannel:
-    """RDMA data movement for one SMB Direct connection, done by the proxy on our behalf."""
+    """RDMA data movement for one SMB Direct connection, done by the proxy on our behalf.
+
+    Per I/O the relay carries, at best: READ: the request in, then the RDMA_WRITE and the
+    response out together (the RDMA_DONE comes back later, off the critical path, and
+    only returns the slot); WRITE: the request in, already marked PREFETCHED with its RDMA
+    read under way, then the response out. Slots stay with this connection between I/Os
+    (up to KEEP_IDLE_SLOTS) so no ALLOC is needed in a steady stream.
+    """
 
     def __init__(self, transport: ProxyTransport, pool, info: dict):
         self.transport = transport
@@ -121,7 +146,15 @@ class RdmaChannel:
         self.max_read_write = int(info.get("max_read_write_size", pool.slot_size))
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future] = {}
-        self.stats = {"rdma_reads": 0, "rdma_writes": 0, "bytes": 0}
+        self._idle: list[int] = []
+        self._quiet_until = 0.0
+        # WRITEs the proxy prefetched, by SMB2 MessageId: (slot, future of its RDMA_DONE).
+        self._prefetched: dict[int, tuple[int, asyncio.Future]] = {}
+        self.stats = {"rdma_reads": 0, "rdma_writes": 0, "bytes": 0, "allocs": 0, "prefetched": 0}
+
+    @property
+    def prefetch_pending(self) -> bool:
+        return bool(self._prefetched)
 
     def on_frame(self, fr: relay.Frame) -> None:
         if fr.type == relay.FrameType.ALLOC_DONE:
@@ -130,12 +163,17 @@ class RdmaChannel:
             if fut is not None and not fut.done():
                 fut.set_result(slot)
             else:  # nobody waits any more: give it back at once
-                self.transport.write([relay.release(slot)])
+                self._release(slot)
         elif fr.type == relay.FrameType.RDMA_DONE:
             request_id, status, moved = fr.done()
             fut = self._waiting.pop(request_id, None)
             if fut is not None and not fut.done():
                 fut.set_result((status, moved))
+        elif fr.type == relay.FrameType.RECLAIM:
+            self._quiet_until = asyncio.get_running_loop().time() + RECLAIM_QUIET
+            idle, self._idle = self._idle, []
+            for slot in idle:
+                self._release(slot)
         else:
             raise ProtocolViolation(f"unexpected relay frame {fr.type}")
 
@@ -144,16 +182,44 @@ class RdmaChannel:
             if not fut.done():
                 fut.set_exception(ConnectionResetError("relay closed"))
         self._waiting.clear()
+        self._prefetched.clear()
+        self._idle.clear()  # the proxy frees a dead connection's slots itself
+
+    def _wait_for(self, request_id: int) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = fut
+        return fut
 
     async def _request(self, data_for_id) -> object:
         request_id = next(self._ids)
-        fut = asyncio.get_running_loop().create_future()
-        self._waiting[request_id] = fut
+        fut = self._wait_for(request_id)
         self.transport.write([data_for_id(request_id)])
         return await fut
 
     async def _slot(self) -> int:
+        if self._idle:
+            return self._idle.pop()
+        self.stats["allocs"] += 1
         return await self._request(relay.alloc)  # type: ignore[return-value]
+
+    def _give_back(self, slot: int) -> None:
+        """Keep the slot for the next I/O, or return it to the proxy's pool."""
+        if (len(self._idle) < KEEP_IDLE_SLOTS and not self.transport.closed
+                and asyncio.get_running_loop().time() >= self._quiet_until):
+            self._idle.append(slot)
+        else:
+            self._release(slot)
+
+    def _give_back_when_done(self, slot: int, fut: asyncio.Future) -> None:
+        """The slot is busy until the proxy's RDMA operation on it has completed."""
+        def done(f: asyncio.Future) -> None:
+            if f.cancelled() or f.exception() is not None:
+                return  # the relay is gone: the proxy frees the slot with the connection
+            status, _moved = f.result()
+            if status != 0:
+                log.warning("%s: RDMA operation on slot %d failed: %d", self.transport.peer, slot, status)
+            self._give_back(slot)
+        fut.add_done_callback(done)
 
     def _release(self, slot: int) -> None:
         try:
@@ -164,11 +230,42 @@ class RdmaChannel:
     def _check(self, length: int, descriptors: tuple[fileio.BufferDescriptor, ...]) -> None:
         if length > self.max_read_write or length > self.pool.slot_size:
             raise SmbError(NtStatus.INVALID_PARAMETER, "RDMA I/O larger than MaxReadWriteSize")
-        if sum(d.length for d in descriptors) < length:
-            raise SmbError(NtStatus.INVALID_PARAMETER, "buffer descriptors shorter than the I/O")
+        if sum(d.length for d in descriptors) < length or len(descriptors) > MAX_DESCRIPTORS:
+            raise SmbError(NtStatus.INVALID_PARAMETER, "buffer descriptors do not fit the I/O")
+
+    # ---- WRITEs the proxy prefetched ---------------------------------------------------------
+
+    def on_prefetch(self, smb2: bytes, request_id: int, slot: int) -> None:
+        """The proxy started the RDMA read of this WRITE's buffers into ``slot``."""
+        if request_id & relay.PROXY_REQUEST_ID == 0 or len(smb2) < 64:
+            raise ProtocolViolation("bad prefetch frame")
+        fut = self._wait_for(request_id)
+        (message_id,) = _MESSAGE_ID.unpack_from(smb2, 24)
+        if message_id in self._prefetched:  # a client reusing a MessageId gets it refused anyway
+            self._give_back_when_done(slot, fut)
+            return
+        self.stats["prefetched"] += 1
+        self._prefetched[message_id] = (slot, fut)
+
+    def response_sent(self, head) -> None:
+        """A final response went out: a prefetched WRITE that never reached the disk (refused
+        request, closed handle...) gives its slot back once the RDMA read is over."""
+        if len(head) < 64 or bytes(head[:4]) != b"\xfeSMB":
+            return  # an encrypted reply: its request was encrypted too, so never prefetched
+        status, flags = struct.unpack_from("<I4xI", head, 8)
+        if status == NtStatus.PENDING and flags & 0x2:  # interim (3.3.4.2): the WRITE goes on
+            return
+        entry = self._prefetched.pop(_MESSAGE_ID.unpack_from(head, 24)[0], None)
+        if entry is not None:
+            self._give_back_when_done(*entry)
+
+    # ---- READ and WRITE ------------------------------------------------------------------------
 
     async def read_to_client(self, req: "Request", op: "Open", rd: fileio.ReadRequest) -> list:
-        """READ over RDMA: disk -> slot -> RDMA write into the client's buffers (3.3.5.12)."""
+        """READ over RDMA: disk -> slot -> RDMA write into the client's buffers (3.3.5.12).
+
+        The RDMA_WRITE frame goes out now and the response right behind it; the slot comes
+        back when the proxy reports the write complete."""
         self._check(rd.length, rd.descriptors)
         slot = await self._slot()
         try:
@@ -178,12 +275,17 @@ class RdmaChannel:
             del view
             if n < rd.minimum_count or (n == 0 and rd.length > 0):
                 raise SmbError(NtStatus.END_OF_FILE)
-            status, moved = await self._request(
-                lambda i: relay.rdma(relay.FrameType.RDMA_WRITE, i, slot, n, rd.descriptors))
-        finally:
-            self._release(slot)
-        if status != 0 or moved != n:
-            raise SmbError(NtStatus.IO_TIMEOUT if status else NtStatus.INVALID_PARAMETER, "RDMA write failed")
+        except BaseException:
+            self._give_back(slot)
+            raise
+        request_id = next(self._ids)
+        fut = self._wait_for(request_id)
+        try:
+            self.transport.write([relay.rdma(relay.FrameType.RDMA_WRITE, request_id, slot, n, rd.descriptors)])
+        except ConnectionResetError:
+            self._waiting.pop(request_id, None)
+            raise
+        self._give_back_when_done(slot, fut)
         self.stats["rdma_writes"] += 1
         self.stats["bytes"] += n
         return [fileio.read_response_header(0, n, inline=False)]
@@ -191,11 +293,27 @@ class RdmaChannel:
     async def write_from_client(self, req: "Request", op: "Open", wr: fileio.WriteRequest, offset: int) -> int:
         """WRITE over RDMA: RDMA read of the client's buffers -> slot -> disk (3.3.5.13)."""
         length = wr.remaining_bytes
-        self._check(length, wr.descriptors)
-        slot = await self._slot()
+        self._check(length, wr.descriptors)  # refused: a prefetched slot returns with the reply
+        prefetched = self._prefetched.pop(req.header.message_id, None)
+        if prefetched is not None:
+            slot, fut = prefetched
+        else:
+            slot = await self._slot()
+            request_id = next(self._ids)
+            fut = self._wait_for(request_id)
+            try:
+                self.transport.write([relay.rdma(relay.FrameType.RDMA_READ, request_id, slot, length,
+                                                 wr.descriptors)])
+            except ConnectionResetError:
+                self._waiting.pop(request_id, None)
+                raise
         try:
-            status, moved = await self._request(
-                lambda i: relay.rdma(relay.FrameType.RDMA_READ, i, slot, length, wr.descriptors))
+            # Shielded: a cancelled WRITE must not hand the slot on while the read still fills it.
+            status, moved = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            self._give_back_when_done(slot, fut)
+            raise
+        try:
             if status != 0 or moved != length:
                 raise SmbError(NtStatus.IO_TIMEOUT if status else NtStatus.INVALID_PARAMETER, "RDMA read failed")
             view = self.pool.slot_view(slot)[:length]
@@ -205,7 +323,7 @@ class RdmaChannel:
                                         bool(wr.flags & fileio.WRITEFLAG_WRITE_THROUGH))
             del view
         finally:
-            self._release(slot)
+            self._give_back(slot)
         self.stats["rdma_reads"] += 1
         self.stats["bytes"] += n
         return n

@@ -7,8 +7,12 @@ sit in slots of the shared-memory pool, named by integer.
 
 Frame: type u8, flags u8, reserved u16, length u32, then ``length`` bytes.
   SETUP      proxy->worker  JSON: pool name, slot size, peer, negotiated sizes
-  MESSAGE    both ways      an SMB2 message; flag INVALIDATE: a u32 token precedes it
-                            (send the response as SEND_WITH_INVALIDATE of that token)
+  MESSAGE    both ways      an SMB2 message; flag INVALIDATE (worker->proxy): a u32 token
+                            precedes it (send the response as SEND_WITH_INVALIDATE of that
+                            token); flag PREFETCHED (proxy->worker, a WRITE with an RDMA
+                            channel): u32 request id, u32 slot precede it: the proxy already
+                            started the RDMA read of the WRITE's buffers into that slot, now
+                            the worker's, and an RDMA_DONE with that id follows
   ALLOC      worker->proxy  u32 request id: asks for a pool slot
   ALLOC_DONE proxy->worker  u32 request id, u32 slot (the proxy queues ALLOC when the
                             pool is exhausted: clients slow down, memory does not grow)
@@ -17,6 +21,14 @@ Frame: type u8, flags u8, reserved u16, length u32, then ``length`` bytes.
                             copy slot bytes into the client's buffers (a READ)
   RDMA_READ  worker->proxy  same layout: fill the slot from the client's buffers (a WRITE)
   RDMA_DONE  proxy->worker  u32 id, i32 status (0 or -errno), u32 bytes moved
+  RECLAIM    proxy->worker  no payload: the pool ran dry, give back the slots kept idle
+
+Slots a worker receives stay its own until it RELEASEs them, so it may keep a few idle
+for its next I/O (one ALLOC round trip fewer each); RECLAIM takes them back for
+connections that wait. A worker does not wait for the RDMA_DONE of an RDMA_WRITE before
+sending the READ response behind it: the queue pair executes the write before the send
+(reliable connection ordering), and a failed write breaks the connection anyway.
+Request ids of the worker's requests have the top bit clear, the proxy's prefetches set.
 """
 from __future__ import annotations
 
@@ -36,6 +48,8 @@ _DONE = struct.Struct("<IiI")
 _DESC = struct.Struct("<QII")  # SMB2_BUFFER_DESCRIPTOR_V1, MS-SMBD 2.2.3.1
 MAX_FRAME = 16 * 1024 * 1024
 FLAG_INVALIDATE = 0x01
+FLAG_PREFETCHED = 0x02
+PROXY_REQUEST_ID = 0x80000000  # top bit of the proxy's own request ids
 
 
 class FrameType(enum.IntEnum):
@@ -47,6 +61,7 @@ class FrameType(enum.IntEnum):
     RDMA_WRITE = 6
     RDMA_READ = 7
     RDMA_DONE = 8
+    RECLAIM = 9
 
 
 def frame(ftype: int, payload_len: int, flags: int = 0) -> bytes:
@@ -58,6 +73,15 @@ def message(smb2_len: int, invalidate_token: int | None = None) -> bytes:
     if invalidate_token is None:
         return frame(FrameType.MESSAGE, smb2_len)
     return frame(FrameType.MESSAGE, smb2_len + 4, FLAG_INVALIDATE) + _U32.pack(invalidate_token)
+
+
+def prefetched_message(smb2_len: int, request_id: int, slot: int) -> bytes:
+    """Header for a MESSAGE frame of a WRITE whose RDMA read the proxy already started."""
+    return frame(FrameType.MESSAGE, smb2_len + 8, FLAG_PREFETCHED) + _IDS.pack(request_id, slot)
+
+
+def reclaim() -> bytes:
+    return frame(FrameType.RECLAIM, 0)
 
 
 def setup(info: dict) -> bytes:
@@ -94,11 +118,20 @@ class Frame:
     payload: memoryview
 
     def message(self) -> tuple[bytes, int | None]:
+        """The SMB2 message and the INVALIDATE token (None without that flag)."""
         if self.flags & FLAG_INVALIDATE:
             if len(self.payload) < 4:
                 raise ProtocolViolation("MESSAGE frame too short for its token")
             return bytes(self.payload[4:]), _U32.unpack_from(self.payload)[0]
+        if self.flags & FLAG_PREFETCHED:
+            return bytes(self.payload[_IDS.size:]), None
         return bytes(self.payload), None
+
+    def prefetch(self) -> tuple[int, int] | None:
+        """(request id, slot) of a PREFETCHED MESSAGE, else None."""
+        if not self.flags & FLAG_PREFETCHED:
+            return None
+        return self._unpack(_IDS)
 
     def u32(self) -> int:
         return self._unpack(_U32)[0]

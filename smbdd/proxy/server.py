@@ -2,8 +2,10 @@
 
 The pool is registered as one memory region per device, once; every connection of the
 device does its RDMA reads and writes through that region, and workers name slots by
-integer. Slots are lent per I/O and queued when the pool is exhausted, so a burst of
-large I/O waits (and, through SMB2 credits, slows the client) instead of growing memory.
+integer. Slots are lent to a connection's worker, which keeps a few between I/Os; when
+the pool is exhausted an ALLOC queues (and RECLAIM asks workers for their idle slots), so
+a burst of large I/O waits (and, through SMB2 credits, slows the client) instead of
+growing memory.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from .connection import ProxyConnection
 log = logging.getLogger("smbdd.proxy")
 
 DEFAULT_SLOTS = 64  # x MaxReadWriteSize (1 MiB) = 64 MiB of pool
+RECLAIM_INTERVAL = 0.5  # seconds between RECLAIM rounds while ALLOCs wait
 
 
 class Proxy:
@@ -40,6 +43,7 @@ class Proxy:
         self._mrs: dict[str, object] = {}
         self._slot_owner: dict[int, ProxyConnection] = {}
         self._alloc_waiters: deque[tuple[ProxyConnection, int]] = deque()
+        self._last_reclaim = float("-inf")
         self.listeners: list = []
         self.connections: set[ProxyConnection] = set()
         self._op_ids = itertools.count(1)
@@ -111,9 +115,32 @@ class Proxy:
         if slot is None:
             self.stats["pool_exhausted"] += 1
             self._alloc_waiters.append((conn, request_id))
+            self._reclaim_idle_slots()
             return
         self._slot_owner[slot] = conn
         conn.alloc_done(request_id, slot)
+
+    def try_acquire(self, conn: ProxyConnection, limit: int) -> int | None:
+        """A slot for the proxy's own use on ``conn`` (a WRITE prefetch), only if one is free
+        now, no ALLOC waits for one, and ``conn`` holds fewer than ``limit``."""
+        if self._alloc_waiters or self.allocator.count_held(conn) >= limit:
+            return None
+        slot = self.allocator.acquire(conn)
+        if slot is not None:
+            self._slot_owner[slot] = conn
+        return slot
+
+    def _reclaim_idle_slots(self) -> None:
+        """Workers keep a few slots idle between I/Os; ask for them back while ALLOCs wait
+        (at most twice a second: a worker stays quiet for a while after a RECLAIM)."""
+        now = asyncio.get_running_loop().time()
+        if now - self._last_reclaim < RECLAIM_INTERVAL:
+            return
+        self._last_reclaim = now
+        for conn in list(self.connections):
+            if self.allocator.count_held(conn):
+                self.stats["reclaims"] += 1
+                conn.reclaim()
 
     def owns(self, conn: ProxyConnection, slot: int) -> bool:
         return self._slot_owner.get(slot) is conn

@@ -1,0 +1,288 @@
+"""The worker's end of the SMB Direct relay, driven by a stand-in proxy on the host.
+
+The real proxy needs an RDMA device (the lab VM covers it end to end). Here the test plays
+the proxy over the relay socket: it answers ALLOC, RELEASE, RDMA_READ and RDMA_WRITE by
+copying between the shared-memory pool and a bytearray standing for the client's
+registered memory, so the worker's side of the protocol (slot keeping, READ responses
+that do not wait for the RDMA write, prefetched WRITEs, RECLAIM) runs for real against a
+real SmbConnection and share.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+import threading
+import types
+import uuid
+
+import pytest
+
+from shm.pool import BufferPool
+from smbd.auth.ntlm import nt_hash
+from smbd.server.config import ServerConfig, ShareConfig, UserEntry
+from smbd.server.state import ServerState
+from smbd.transport import relay
+from smbd.transport.proxy import KEEP_IDLE_SLOTS, serve_proxy_channel
+from tests import smb2client as c
+
+SLOT = 1024 * 1024
+SLOTS = 8
+TOKEN = 0x5A5A
+MEM = 4 * SLOT  # the "client's" registered memory
+CHANNEL_RDMA_V1 = 1
+
+
+def rdma_write_body(file_id: bytes, length: int, offset: int, mem_offset: int) -> bytes:
+    """WRITE request, MS-SMB2 2.2.21, data by RDMA: Length 0, RemainingBytes = length, one
+    SMB2_BUFFER_DESCRIPTOR_V1 (MS-SMBD 2.2.3.1) right after the fixed part."""
+    desc = struct.pack("<QII", mem_offset, TOKEN, length)
+    return struct.pack("<HHIQ16sIIHHI", 49, 0, 0, offset, file_id, CHANNEL_RDMA_V1, length,
+                       c.HEADER_SIZE + 48, len(desc), 0) + desc
+
+
+def rdma_read_body(file_id: bytes, length: int, offset: int, mem_offset: int) -> bytes:
+    """READ request, MS-SMB2 2.2.19, with the client's buffer as one descriptor."""
+    desc = struct.pack("<QII", mem_offset, TOKEN, length)
+    return struct.pack("<HBBIQ16sIIIHH", 49, 0, 0, length, offset, file_id, 0, CHANNEL_RDMA_V1, 0,
+                       c.HEADER_SIZE + 48, len(desc)) + desc
+
+
+class StandInProxy(c.RawClient):
+    """A RawClient whose transport is the relay socket, and the proxy's side of the relay."""
+
+    def __init__(self, sock: socket.socket, pool: BufferPool):
+        self.sock = sock
+        self.sock.settimeout(10)
+        self.host, self.port = "127.0.0.1", 0
+        self.client_guid = uuid.uuid4()
+        self.next_mid = 0
+        self.session_id = self.tree_id = 0
+        self.granted = 1
+        self.dialect = 0
+        self._rx = bytearray()
+        self.pool = pool
+        self.mem = bytearray(MEM)
+        self.free = list(range(SLOTS))
+        self.held: set[int] = set()
+        self.log: list[tuple] = []  # every frame from the worker, in order
+        self.hold_done = False  # keep RDMA_WRITE completions back (test: the reply does not wait)
+        self.held_done: list[bytes] = []
+        self._decoder = relay.FrameDecoder()
+        self._frames: list[relay.Frame] = []
+        sock.sendall(relay.setup({"pool": pool.name, "slot_size": SLOT, "peer": "stand-in",
+                                  "max_read_write_size": SLOT, "max_message": 2 * SLOT}))
+
+    # relay transport for RawClient
+    def send_message(self, message: bytes) -> None:
+        self.sock.sendall(relay.message(len(message)) + message)
+
+    def send_prefetched(self, message: bytes, request_id: int, slot: int) -> None:
+        self.sock.sendall(relay.prefetched_message(len(message), request_id, slot) + message)
+
+    def _next_frame(self) -> relay.Frame:
+        while not self._frames:
+            data = self.sock.recv(1 << 20)
+            if not data:
+                raise c.ConnectionClosed("EOF")
+            self._frames.extend(self._decoder.feed(data))
+        return self._frames.pop(0)
+
+    def recv(self) -> c.Response:
+        """Serve the worker's requests until the next SMB2 message comes."""
+        while True:
+            fr = self._next_frame()
+            if fr.type == relay.FrameType.MESSAGE:
+                smb2, _ = fr.message()
+                self.log.append(("MESSAGE",))
+                r = c.Response.parse(smb2)
+                self.granted += r.credits
+                return r
+            self.serve(fr)
+
+    def serve(self, fr: relay.Frame) -> None:
+        if fr.type == relay.FrameType.ALLOC:
+            slot = self.free.pop()
+            self.held.add(slot)
+            self.log.append(("ALLOC", slot))
+            self.sock.sendall(relay.alloc_done(fr.u32(), slot))
+        elif fr.type == relay.FrameType.RELEASE:
+            slot = fr.u32()
+            assert slot in self.held, f"worker released slot {slot} it does not hold"
+            self.held.discard(slot)
+            self.free.append(slot)
+            self.log.append(("RELEASE", slot))
+        elif fr.type in (relay.FrameType.RDMA_READ, relay.FrameType.RDMA_WRITE):
+            rid, slot, length, descs = fr.rdma()
+            assert slot in self.held
+            view = self.pool.slot_view(slot)
+            (d,) = descs
+            assert d.token == TOKEN and d.length >= length
+            if fr.type == relay.FrameType.RDMA_READ:
+                view[:length] = self.mem[d.offset:d.offset + length]
+                self.log.append(("RDMA_READ", slot))
+            else:
+                self.mem[d.offset:d.offset + length] = view[:length]
+                self.log.append(("RDMA_WRITE", slot))
+            del view
+            done = relay.rdma_done(rid, 0, length)
+            if self.hold_done and fr.type == relay.FrameType.RDMA_WRITE:
+                self.held_done.append(done)
+            else:
+                self.sock.sendall(done)
+        else:
+            raise AssertionError(f"unexpected frame {fr.type}")
+
+    def prefetch(self, message: bytes, mem_offset: int, length: int, request_id: int) -> int:
+        """What the proxy does with an RDMA WRITE: take a slot, RDMA-read into it, pass the
+        WRITE on marked PREFETCHED, then report the read done."""
+        slot = self.free.pop()
+        self.held.add(slot)
+        view = self.pool.slot_view(slot)
+        view[:length] = self.mem[mem_offset:mem_offset + length]
+        del view
+        self.send_prefetched(message, request_id, slot)
+        self.sock.sendall(relay.rdma_done(request_id, 0, length))
+        return slot
+
+    def quiet(self, seconds: float = 0.3) -> None:
+        """Serve whatever the worker sends for a moment (RELEASEs after a RECLAIM)."""
+        self.sock.settimeout(seconds)
+        try:
+            while True:
+                self.serve(self._next_frame())
+        except (socket.timeout, TimeoutError):
+            pass
+        finally:
+            self.sock.settimeout(10)
+
+
+@pytest.fixture
+def relay_channel(tmp_path):
+    share = tmp_path / "share"
+    share.mkdir()
+    pool = BufferPool.create(f"smbdd-test-{os.getpid()}-{uuid.uuid4().hex[:8]}", SLOT, SLOTS)
+    config = ServerConfig((ShareConfig("share", str(share)),), (UserEntry("alice", nt_hash("pw")),))
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    holder = {}
+
+    def run():
+        asyncio.set_event_loop(loop)
+
+        async def start():
+            server = ServerState(config)
+            holder["server"] = server
+            worker = types.SimpleNamespace(server=server, check_idle=lambda: None)
+            await serve_proxy_channel(worker, theirs.detach(), {"peer": "stand-in"})
+            ready.set()
+
+        loop.create_task(start())
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    proxy = StandInProxy(ours, pool)
+    proxy.login("alice", "pw", "share")
+    yield proxy, share, holder["server"]
+    ours.close()
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    holder["server"].io_pool.shutdown(wait=True)
+    from smbd.transport import proxy as worker_side
+    worker_side._pools.pop(pool.name).close()
+    pool.close()
+
+
+def _open_rw(proxy: StandInProxy, name: str) -> bytes:
+    return proxy.open_file(name, access=c.READ_WRITE_ACCESS, disposition=c.FILE_OVERWRITE_IF)
+
+
+def test_rdma_write_and_read_are_byte_identical_and_keep_their_slot(relay_channel):
+    proxy, share, _ = relay_channel
+    data = os.urandom(SLOT)
+    proxy.mem[:SLOT] = data
+    fid = _open_rw(proxy, "f.bin")
+    for i in range(4):
+        r = proxy.call(c.WRITE, rdma_write_body(fid, SLOT, i * SLOT, 0), credit_charge=16)
+        assert r.status == c.STATUS_SUCCESS
+        assert struct.unpack_from("<I", r.body, 4)[0] == SLOT
+    assert (share / "f.bin").read_bytes() == data * 4
+    for i in range(4):
+        r = proxy.call(c.READ, rdma_read_body(fid, SLOT, i * SLOT, SLOT + i * 4096 % SLOT), credit_charge=16)
+        assert r.status == c.STATUS_SUCCESS
+        # RDMA READ response: DataLength 0, DataRemaining = bytes written to the client (2.2.20)
+        assert struct.unpack_from("<BBII", r.body, 2)[2:] == (0, SLOT)
+    assert bytes(proxy.mem[SLOT + 12288:2 * SLOT + 12288]) == data
+    # Eight 1 MiB I/Os, one after the other: one ALLOC, the slot kept in between.
+    assert [e[0] for e in proxy.log].count("ALLOC") == 1
+    assert "RELEASE" not in [e[0] for e in proxy.log]
+
+
+def test_read_response_does_not_wait_for_the_rdma_write(relay_channel):
+    proxy, share, _ = relay_channel
+    (share / "r.bin").write_bytes(b"x" * 5000)
+    fid = proxy.open_file("r.bin")
+    proxy.hold_done = True
+    r = proxy.call(c.READ, rdma_read_body(fid, 5000, 0, 0))
+    assert r.status == c.STATUS_SUCCESS
+    # The response came with the RDMA write's completion still held back by us, and after
+    # the RDMA_WRITE frame (the queue pair runs them in that order).
+    kinds = [e[0] for e in proxy.log]
+    assert kinds.index("RDMA_WRITE") < len(kinds) - 1 and kinds[-1] == "MESSAGE"
+    assert len(proxy.held_done) == 1
+    assert bytes(proxy.mem[:5000]) == b"x" * 5000
+    # Until that completion arrives the slot is busy: the next READ needs a second one.
+    r = proxy.call(c.READ, rdma_read_body(fid, 100, 0, SLOT))
+    assert r.status == c.STATUS_SUCCESS
+    assert [e[0] for e in proxy.log].count("ALLOC") == 2
+
+
+def test_prefetched_write_needs_no_request_from_the_worker(relay_channel):
+    proxy, share, _ = relay_channel
+    data = os.urandom(300_000)
+    proxy.mem[SLOT:SLOT + len(data)] = data
+    fid = _open_rw(proxy, "p.bin")
+    msg = proxy.build(c.WRITE, rdma_write_body(fid, len(data), 0, SLOT), credit_charge=5)
+    slot = proxy.prefetch(msg, SLOT, len(data), relay.PROXY_REQUEST_ID | 1)
+    r = proxy.recv_final()
+    assert r.status == c.STATUS_SUCCESS and struct.unpack_from("<I", r.body, 4)[0] == len(data)
+    assert (share / "p.bin").read_bytes() == data
+    assert not [e for e in proxy.log if e[0] in ("ALLOC", "RDMA_READ")]
+    # The worker keeps the prefetched slot for its next I/O: a READ uses it, no ALLOC.
+    r = proxy.call(c.READ, rdma_read_body(fid, len(data), 0, 2 * SLOT), credit_charge=5)
+    assert r.status == c.STATUS_SUCCESS
+    assert bytes(proxy.mem[2 * SLOT:2 * SLOT + len(data)]) == data
+    assert ("RDMA_WRITE", slot) in proxy.log and not [e for e in proxy.log if e[0] == "ALLOC"]
+
+
+def test_refused_prefetched_write_returns_its_slot_and_reclaim_takes_idle_ones(relay_channel):
+    proxy, _, _ = relay_channel
+    bogus = b"\x01" * 16
+    msg = proxy.build(c.WRITE, rdma_write_body(bogus, 4096, 0, 0))
+    slot = proxy.prefetch(msg, 0, 4096, relay.PROXY_REQUEST_ID | 7)
+    r = proxy.recv_final()
+    assert r.status == 0xC0000128  # STATUS_FILE_CLOSED: no such open
+    assert slot in proxy.held  # kept idle by the worker, not lost
+    proxy.sock.sendall(relay.reclaim())
+    proxy.quiet()
+    assert ("RELEASE", slot) in proxy.log
+    assert not proxy.held
+
+
+def test_worker_keeps_at_most_a_few_idle_slots(relay_channel):
+    proxy, share, _ = relay_channel
+    fid = _open_rw(proxy, "q.bin")
+    n = KEEP_IDLE_SLOTS + 3
+    # n WRITEs in flight at once: each needs its own slot.
+    msgs = [proxy.build(c.WRITE, rdma_write_body(fid, 4096, i * 4096, 0)) for i in range(n)]
+    slots = [proxy.prefetch(m, 0, 4096, relay.PROXY_REQUEST_ID | (100 + i)) for i, m in enumerate(msgs)]
+    for _ in range(n):
+        assert proxy.recv_final().status == c.STATUS_SUCCESS
+    proxy.quiet()
+    released = [e[1] for e in proxy.log if e[0] == "RELEASE"]
+    assert len(released) == n - KEEP_IDLE_SLOTS and set(released) <= set(slots)
+    assert len(proxy.held) == KEEP_IDLE_SLOTS
