@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smbd.core import compound
-from smbd.core.framing import FrameDecoder
+from smbd.core.framing import FrameBuffer
 from smbd.crypto.transform import DecryptError, parse_transform_header
 from smbd.fscc.setinfo import decode_set_info
 from smbd.status import NtStatus, ProtocolViolation, SmbError, status_name
@@ -203,7 +203,7 @@ def test_frame_decoder(messages, cuts):
     """Well-formed streams come back message by message whatever the chunking; garbage only
     raises ProtocolViolation."""
     stream = b"".join(raw.nbss(m) for m in messages)
-    d = FrameDecoder(64)
+    d = FrameBuffer(64, staging=48, direct_min=16)
     out, pos, i = [], 0, 0
     while pos < len(stream):
         n = cuts[i % len(cuts)]
@@ -215,7 +215,7 @@ def test_frame_decoder(messages, cuts):
 @fuzz
 @given(st.lists(st.binary(max_size=64), max_size=10))
 def test_frame_decoder_garbage(chunks):
-    d = FrameDecoder(1000)
+    d = FrameBuffer(1000)
     for c in chunks:
         if documented(d.feed, c) is None:
             break

@@ -13,7 +13,7 @@ import pytest
 
 from smbd.core import compound
 from smbd.core.credits import CreditWindow, required_charge
-from smbd.core.framing import MAX_FRAME, FrameDecoder, frame
+from smbd.core.framing import MAX_FRAME, FrameBuffer, frame
 from smbd.server.config import ServerConfig
 from smbd.server.connection import SmbConnection
 from smbd.server.state import ServerState
@@ -194,7 +194,7 @@ def test_frame_header_is_big_endian_24_bit():
 def test_decoder_reassembles_across_feeds():
     m1, m2 = b"A" * 70, b"B" * 300
     stream = raw.nbss(m1) + raw.nbss(m2) + raw.nbss(b"C")
-    d = FrameDecoder(1024)
+    d = FrameBuffer(1024)
     out = []
     for i in range(len(stream)):
         out += d.feed(stream[i:i + 1])
@@ -203,17 +203,37 @@ def test_decoder_reassembles_across_feeds():
         if i == 10:
             assert d.needed() == 4 + 70 - 11
     assert out == [m1, m2, b"C"]
-    assert FrameDecoder(1024).feed(stream) == [m1, m2, b"C"]
+    assert FrameBuffer(1024).feed(stream) == [m1, m2, b"C"]
+
+
+def test_large_messages_are_read_into_their_own_buffer():
+    """A message of direct_min bytes or more: the socket's reads go straight into the
+    message's buffer (get_buffer hands out its unfilled tail), not through staging."""
+    big = bytes(range(256)) * 40  # 10240 bytes
+    stream = raw.nbss(b"small") + raw.nbss(big) + raw.nbss(b"after")
+    fb = FrameBuffer(1 << 20, staging=4096, direct_min=1024)
+    out, pos, direct_reads = [], 0, 0
+    while pos < len(stream):
+        buf = fb.get_buffer()
+        n = min(len(buf), 3000, len(stream) - pos)
+        buf[:n] = stream[pos:pos + n]
+        if len(buf.obj) == len(big):  # a view of the message's own bytearray
+            direct_reads += 1
+        del buf
+        out += fb.advance(n)
+        pos += n
+    assert out == [b"small", big, b"after"]
+    assert isinstance(out[1], bytearray) and direct_reads >= 3
 
 
 def test_decoder_oversize_and_bad_first_byte():
     with pytest.raises(ProtocolViolation):
-        FrameDecoder(1000).feed(b"\x00\x00\x03\xe9")  # 1001 bytes announced; refused before arriving
+        FrameBuffer(1000).feed(b"\x00\x00\x03\xe9")  # 1001 bytes announced; refused before arriving
     with pytest.raises(ProtocolViolation):
-        FrameDecoder(1 << 24).feed(b"\x01\x00\x00\x10" + b"x" * 16)  # > 16 MiB / not a session message
+        FrameBuffer(1 << 24).feed(b"\x01\x00\x00\x10" + b"x" * 16)  # > 16 MiB / not a session message
     with pytest.raises(ProtocolViolation):
-        FrameDecoder(1 << 20).feed(b"\x00\xff\xff\xff")
-    d = FrameDecoder(100)
+        FrameBuffer(1 << 20).feed(b"\x00\xff\xff\xff")
+    d = FrameBuffer(100)
     assert d.feed(b"\x00\x00\x00\x64") == [] and d.needed() == 100
 
 

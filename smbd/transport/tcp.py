@@ -6,16 +6,19 @@ import logging
 import socket
 from typing import Callable
 
-from smbd.core.framing import FrameDecoder, frame
+from smbd.core.framing import FrameBuffer, frame
 from smbd.status import ProtocolViolation
 
 log = logging.getLogger("smbd.tcp")
 
 MAX_IN_FLIGHT = 64  # messages being processed before we stop reading (back-pressure)
+_JOIN_BELOW = 64 * 1024  # response parts smaller than this are joined before writing
 
 
-class TcpTransport(asyncio.Protocol):
-    """Frames and unframes SMB2 messages; flow control both ways."""
+class TcpTransport(asyncio.BufferedProtocol):
+    """Frames and unframes SMB2 messages; flow control both ways. The socket is read
+    straight into the message buffers (:class:`FrameBuffer`), so a WRITE's data is not
+    copied in user space before it goes to the disk."""
 
     rdma = None
     max_message = None  # direct TCP carries any message up to MaxTransactSize
@@ -23,7 +26,7 @@ class TcpTransport(asyncio.Protocol):
     def __init__(self, peer: str, max_message: int, on_message: Callable[[bytes], None],
                  on_lost: Callable[[], None]):
         self.peer = peer
-        self._decoder = FrameDecoder(max_message)
+        self._frames = FrameBuffer(max_message)
         self._on_message = on_message
         self._on_lost = on_lost
         self._transport: asyncio.Transport | None = None
@@ -39,17 +42,23 @@ class TcpTransport(asyncio.Protocol):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         transport.set_write_buffer_limits(high=4 * 1024 * 1024)  # type: ignore[attr-defined]
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._frames.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._deliver(self._frames.advance, nbytes)
+
+    def feed_initial(self, data: bytes) -> None:
+        """The bytes smbdd read before handing over the socket (the first NEGOTIATE)."""
+        self._deliver(self._frames.feed, data)
+
+    def _deliver(self, step, arg) -> None:
         try:
-            for message in self._decoder.feed(data):
+            for message in step(arg):
                 self._on_message(message)
         except ProtocolViolation as e:
             log.warning("%s: %s; closing", self.peer, e)
             self.close()
-
-    def feed_initial(self, data: bytes) -> None:
-        """The bytes smbdd read before handing over the socket (the first NEGOTIATE)."""
-        self.data_received(data)
 
     def pause_writing(self) -> None:
         self._can_write.clear()
@@ -66,7 +75,19 @@ class TcpTransport(asyncio.Protocol):
         if self._closed or self._transport is None:
             raise ConnectionResetError("connection closed")
         size = sum(len(p) for p in parts)
-        self._transport.writelines([frame(size), *parts])
+        # writelines() joins everything into one new bytes object (Python 3.11): a copy of
+        # every READ's data. Small parts are joined (one segment), a large one is written
+        # as it is, so the kernel takes it straight from the buffer the disk filled.
+        small: list = [frame(size)]
+        for part in parts:
+            if len(part) < _JOIN_BELOW:
+                small.append(part)
+                continue
+            self._transport.write(b"".join(small))
+            small = []
+            self._transport.write(part)
+        if small:
+            self._transport.write(b"".join(small))
         await self._can_write.wait()
 
     def pause_reading(self) -> None:
