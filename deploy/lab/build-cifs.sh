@@ -49,6 +49,92 @@ if src.count(old) != 1:
 open(path, "w").write(src.replace(old, new))
 PY
 lab_log "patched smbd_send() page-piece bound"
+# Linux 6.1's smbd_post_send_data() turns each kvec of a request into a scatterlist entry with
+# sg_set_buf(), i.e. virt_to_page(), which is only valid for linear-map (kmalloc) addresses. A
+# compound request whose member is not 8-byte aligned gets a padding kvec that points at the
+# module global smb2_padding[] (smb2_set_next_command() in smb2ops.c): an address in the module
+# area, for which virt_to_page() yields a page that is not the one holding smb2_padding. On a
+# real RNIC that DMAs 1-7 bytes from the wrong physical page; on rxe (which DMAs through kernel
+# virtual addresses) it memcpy()s from __va() of that bogus page, and when KASLR puts it outside
+# RAM the guest dies in softirq context (seen in the lab, vers=3.0, rename of "renamed-3.0.bin":
+# a SET_INFO of 148 bytes + 4 padding bytes):
+#   BUG: unable to handle page fault ... RIP: memcpy_erms, rxe_mr_copy (DMA MR path, 4 bytes)
+#   <- copy_data <- rxe_requester; Kernel panic - not syncing: Fatal exception in interrupt
+# Linux 6.3 replaced this code with an iov_iter walk that maps vmalloc/module addresses with
+# vmalloc_to_page(), page by page; the lab does the same here.
+python3 - "$smbdirect" <<'PY'
+import sys
+path = sys.argv[1]
+src = open(path).read()
+old = """	struct scatterlist sgl[SMBDIRECT_MAX_SEND_SGE - 1];
+
+	if (n_vec > SMBDIRECT_MAX_SEND_SGE - 1) {
+		cifs_dbg(VFS, "Can't fit data to SGL, n_vec=%d\\n", n_vec);
+		return -EINVAL;
+	}
+
+	sg_init_table(sgl, n_vec);
+	for (i = 0; i < n_vec; i++) {
+		data_length += iov[i].iov_len;
+		sg_set_buf(&sgl[i], iov[i].iov_base, iov[i].iov_len);
+	}
+
+	return smbd_post_send_sgl(info, sgl, data_length, remaining_data_length);"""
+new = """	struct scatterlist sgl[SMBDIRECT_MAX_SEND_SGE - 1];
+	int nents = 0;
+
+	if (n_vec > SMBDIRECT_MAX_SEND_SGE - 1) {
+		cifs_dbg(VFS, "Can't fit data to SGL, n_vec=%d\\n", n_vec);
+		return -EINVAL;
+	}
+
+	/* lab patch: kvecs outside the linear map (smb2_padding in the module's data) are
+	 * mapped page by page with vmalloc_to_page(); virt_to_page() is wrong for them. */
+	sg_init_table(sgl, ARRAY_SIZE(sgl));
+	for (i = 0; i < n_vec; i++) {
+		const char *p = iov[i].iov_base;
+		size_t left = iov[i].iov_len;
+
+		data_length += left;
+		if (!left)
+			continue;
+		if (virt_addr_valid(p)) {
+			if (nents == ARRAY_SIZE(sgl))
+				goto too_many;
+			sg_set_buf(&sgl[nents++], p, left);
+			continue;
+		}
+		while (left) {
+			size_t n = min_t(size_t, left, PAGE_SIZE - offset_in_page(p));
+			struct page *page = vmalloc_to_page(p);
+
+			if (!page) {
+				cifs_dbg(VFS, "kvec %px is not mapped\\n", p);
+				return -EINVAL;
+			}
+			if (nents == ARRAY_SIZE(sgl))
+				goto too_many;
+			sg_set_page(&sgl[nents++], page, n, offset_in_page(p));
+			p += n;
+			left -= n;
+		}
+	}
+	if (!nents)
+		return smbd_post_send_sgl(info, NULL, 0, remaining_data_length);
+	sg_mark_end(&sgl[nents - 1]);
+	return smbd_post_send_sgl(info, sgl, data_length, remaining_data_length);
+
+too_many:
+	cifs_dbg(VFS, "Can't fit data to SGL, n_vec=%d\\n", n_vec);
+	return -EINVAL;"""
+if src.count(old) != 1:
+    sys.exit("smbd_post_send_data() sg loop not found as expected in smbdirect.c: update build-cifs.sh")
+src = src.replace(old, new)
+if "#include <linux/vmalloc.h>" not in src:
+    src = src.replace('#include <linux/highmem.h>\n', '#include <linux/highmem.h>\n#include <linux/vmalloc.h>\n', 1)
+open(path, "w").write(src)
+PY
+lab_log "patched smbd_post_send_data() for kvecs outside the linear map"
 lab_make_objtree "$work"
 lab_log "building cifs.ko (SMB Direct) against $LAB_HEADERS"
 # CONFIG_CIFS_SMB_DIRECT=y selects smbdirect.o in the Makefile; the -D makes the #ifdefs in the

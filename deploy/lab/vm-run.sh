@@ -17,6 +17,8 @@
 #   SMBDD_LAB_NO_CIFS  1 to skip building/loading cifs.ko
 #   SMBDD_LAB_KSMBD    1 to also build ksmbd.ko (SMB Direct) and hand it over as LAB_KSMBD_KO
 #                      (vm-setup.sh loads it; starting a share is up to CMD)
+#   SMBDD_LAB_VERBOSE  1 to keep the guest kernel's messages (boot, oops, panic) in console.log:
+#                      vng --verbose (loglevel=7) instead of quiet; for a guest that dies silently
 # Exit status: CMD's; 124 on timeout; 125 if the VM did not run CMD at all (boot failure);
 #   77 when the lab cannot run on this machine (no qemu, kernel image or vng).
 # Works with no terminal and no stdin (CI): vng gets </dev/null and runs in its own session.
@@ -114,7 +116,9 @@ tvm=$(date +%s.%N)
 # stdin, exactly as under CI; on timeout the whole group (vng, qemu, helpers) is killed, so no
 # orphaned qemu keeps the caller's pipes open.
 timeout_s=${SMBDD_LAB_TIMEOUT:-1200}
-setsid vng --disable-kvm --cpus "${SMBDD_LAB_CPUS:-2}" --memory "${SMBDD_LAB_MEMORY:-3G}" \
+verbose=()
+[[ ${SMBDD_LAB_VERBOSE:-0} == 1 ]] && verbose=(--verbose)
+setsid vng --disable-kvm --cpus "${SMBDD_LAB_CPUS:-2}" --memory "${SMBDD_LAB_MEMORY:-3G}" "${verbose[@]}" \
     --rwdir "$out" --run "$kernel" --exec "$inner" </dev/null >"$out/console.log" 2>&1 &
 vm_pid=$!
 tail -n +1 --pid="$vm_pid" -f "$out/console.log" >&2 &
