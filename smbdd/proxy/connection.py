@@ -25,7 +25,7 @@ from smbd.wire import fileio
 from smbdd.acceptor import client_guid_of
 from smbdd.smbdirect.connection import SmbdConnection
 from smbdd.smbdirect.errors import SmbdLocalError, SmbdProtocolError
-from smbdd.smbdirect.events import CloseConnection, MessageReceived, NegotiateDone, PostSend
+from smbdd.smbdirect.events import CloseConnection, MessageReceived, NegotiateDone, PostReceives, PostSend
 
 if TYPE_CHECKING:
     from .server import Proxy
@@ -66,13 +66,18 @@ class ProxyConnection:
         self.peer = f"rdma:{request.peer_address}"
         self.recv_size = cfg.max_receive_size
         self.recv_count = cfg.receive_credit_max
+        # One receive beyond ReceiveCreditMax, posted only when the core asks (PostReceives):
+        # with one send credit left and every posted receive granted, the core needs one
+        # more receive to grant before it may spend that credit (MS-SMBD 3.1.5.1, 3.1.5.9).
+        self.recv_slots = self.recv_count + 1
+        self._spare_recv = [self.recv_count]
         self.send_size = cfg.max_send_size
         self.send_count = cfg.max_sends_in_flight
         self.sq_depth = self.send_count + proxy.max_rdma_ops + 8
-        self.ep = Endpoint(request, max_send_wr=self.sq_depth, max_recv_wr=self.recv_count)
+        self.ep = Endpoint(request, max_send_wr=self.sq_depth, max_recv_wr=self.recv_slots)
         self.device = self.ep.device
         # Receive and send buffers of this connection, registered once.
-        self._recv_buf = ctypes.create_string_buffer(self.recv_size * self.recv_count)
+        self._recv_buf = ctypes.create_string_buffer(self.recv_size * self.recv_slots)
         self._send_buf = ctypes.create_string_buffer(self.send_size * self.send_count)
         self._recv_mr = self.device.register(ctypes.addressof(self._recv_buf), len(self._recv_buf))
         self._send_mr = self.device.register(ctypes.addressof(self._send_buf), len(self._send_buf))
@@ -170,7 +175,15 @@ class ProxyConnection:
     # ---- driving the MS-SMBD core ----------------------------------------------------------
 
     def _drive(self) -> None:
-        for ev in self.core.events():
+        # Handling an event may feed the core (a spare receive posted), which queues more.
+        while events := self.core.events():
+            if self._handle(events):
+                return
+        self._arm_timer()
+
+    def _handle(self, events: list) -> bool:
+        """Carry out the core's events; True once the connection is closed."""
+        for ev in events:
             if isinstance(ev, PostSend):
                 self._post_send(ev.payload, ev.invalidate_rkey)
             elif isinstance(ev, MessageReceived):
@@ -178,14 +191,18 @@ class ProxyConnection:
                 if len(ev.smb2) > 4096:
                     log.debug("%s: reassembled a %d-byte message", self.peer, len(ev.smb2))
                 self._to_worker(ev.smb2)
+            elif isinstance(ev, PostReceives):
+                for _ in range(min(ev.count, len(self._spare_recv))):
+                    self._post_recv(self._spare_recv.pop())
+                    self.core.receive_reposted(1)
             elif isinstance(ev, NegotiateDone):
                 log.info("%s: negotiated send %d recv %d fragmented %d rw %d", self.peer,
                          ev.params.max_send_size, ev.params.max_receive_size,
                          ev.params.max_fragmented_recv_size, ev.params.max_read_write_size)
             elif isinstance(ev, CloseConnection):
                 self.close(ev.reason)
-                return
-        self._arm_timer()
+                return True
+        return False
 
     def _arm_timer(self) -> None:
         if self._timer is not None:
