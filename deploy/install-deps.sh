@@ -25,6 +25,7 @@ PYTHON=/usr/bin/python3   # Debian's: python3-pyverbs is built for it (see LAB.m
 # and streams.  No Recommends, as in the verified lab install.
 KERNEL=6.1.0-56-amd64
 PACKAGES=(
+  libnl-3-200 libnl-genl-3-200 libglib2.0-0   # ksmbd-tools 3.5.2 (deploy/lab/fetch-ksmbd-tools.sh)
   samba samba-vfs-modules smbclient samba-testsuite
   python3-pyverbs python3-venv
   rdma-core ibverbs-providers ibverbs-utils rdmacm-utils perftest

@@ -10,7 +10,7 @@
 #
 # Usage: build-ksmbd.sh [--force]      prints the module's path on stdout.
 # In the VM: modprobe -a ib_core rdma_cm crypto deps (see vm-setup.sh), then insmod; the user-space
-# side needs ksmbd-tools >= 3.5 (bookworm-backports), see LAB.md.
+# side needs ksmbd-tools >= 3.5: fetch-ksmbd-tools.sh unpacks 3.5.2 from bookworm-backports.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=kbuild-lib.sh

@@ -38,6 +38,10 @@ if [[ -n ${LAB_CIFS_KO:-} ]]; then
         || log "WARNING: cifs loaded without SMB_DIRECT"
 fi
 
+# ksmbd.ko loaded here is idle: it opens its TCP and RDMA listeners (port 445, as smbdd's proxy)
+# only when ksmbd.mountd starts the server.  The command starts/stops it and may unload it
+# (bench/rdma_lab_inner.sh keeps it out while smbdd runs); ksmbd-tools >= 3.5 come from
+# deploy/lab/fetch-ksmbd-tools.sh through the results folder.
 if [[ -n ${LAB_KSMBD_KO:-} ]]; then
     modprobe -a ib_core rdma_cm cifs_arc4
     grep -q '^ksmbd ' /proc/modules || insmod "$LAB_KSMBD_KO"
