@@ -6,8 +6,10 @@ import struct
 import zlib
 from typing import TYPE_CHECKING
 
-from smbd.fscc import dirinfo, fileinfo, fsinfo, security, setinfo, wildcard
+from smbd.fscc import dirinfo, fileinfo, fsinfo, setinfo, wildcard
 from smbd.fscc.constants import FileAttributes, FileInfoClass
+from smbd.security.sd import SecurityInformation
+from smbd.security.store import effective_descriptor, parse_or_error, set_descriptor
 from smbd.status import NtStatus, SmbError
 from smbd.vfs.errors import translate_oserror
 from smbd.vfs.eas import list_eas, set_eas
@@ -49,7 +51,6 @@ _NEEDS_NOTHING = {FileInfoClass.FileAccessInformation, FileInfoClass.FileModeInf
                   FileInfoClass.FileCompressionInformation,
                   FileInfoClass.FileNormalizedNameInformation}
 FILE_FULL_EA_INFORMATION = 15
-MAX_SECURITY_DESCRIPTOR = 64 * 1024
 
 
 def _name(op: Open) -> str:
@@ -146,18 +147,30 @@ async def handle_query_info(req: "Request") -> bytes:
                                      label=op.tree.share.name)
         return _fit(req, data, qi.output_length, _FS_FIXED.get(qi.info_class))
     if qi.info_type == InfoType.SECURITY:
-        if not op.granted_access & Access.READ_CONTROL:
-            raise SmbError(NtStatus.ACCESS_DENIED)
-        st = await req.server.io(os.fstat, op.fd)
-        data = security.build_security_descriptor(st.st_uid, st.st_gid, qi.additional_information,
-                                                  is_dir=op.is_dir)
-        if len(data) > qi.output_length:
-            # 3.3.5.20.3: tell the client how much it needs.
-            raise SmbError(NtStatus.BUFFER_TOO_SMALL, data=struct.pack("<I", len(data)))
-        return output_response(data)
+        return await _query_security(req, op, qi)
     if qi.info_type == InfoType.QUOTA:
         raise SmbError(NtStatus.NOT_SUPPORTED, "quotas")
     raise SmbError(NtStatus.INVALID_PARAMETER, "bad InfoType")
+
+
+async def _query_security(req: "Request", op: Open, qi: QueryInfoRequest) -> bytes:
+    """SMB2_0_INFO_SECURITY (3.3.5.20.3): the parts AdditionalInformation names, from the
+    descriptor a client stored (smbd.security.store) over the POSIX default. The SACL
+    needs ACCESS_SYSTEM_SECURITY, owner/group/DACL need READ_CONTROL; asking for none of
+    them needs nothing (as Samba, smbtorture smb2.getinfo.qsec_buffercheck)."""
+    wanted = qi.additional_information
+    if wanted & SecurityInformation.SACL and not op.granted_access & Access.ACCESS_SYSTEM_SECURITY:
+        raise SmbError(NtStatus.ACCESS_DENIED, "SACL without ACCESS_SYSTEM_SECURITY")
+    if (wanted & (SecurityInformation.OWNER | SecurityInformation.GROUP | SecurityInformation.DACL)
+            and not op.granted_access & Access.READ_CONTROL):
+        raise SmbError(NtStatus.ACCESS_DENIED)
+    with translate_oserror():
+        sd = await req.server.io(effective_descriptor, op.fd, is_dir=op.is_dir)
+    data = sd.select(wanted).pack()
+    if len(data) > qi.output_length:
+        # 3.3.5.20.3: tell the client how much it needs, in a ULONG of ErrorData.
+        raise SmbError(NtStatus.BUFFER_TOO_SMALL, data=struct.pack("<I", len(data)))
+    return output_response(data)
 
 
 async def _query_eas(req: "Request", op: Open, qi: QueryInfoRequest) -> bytes:
@@ -238,14 +251,39 @@ async def handle_set_info(req: "Request") -> bytes:
         await _set_file_info(req, op, si)
         return set_info_response()
     if si.info_type == InfoType.SECURITY:
-        if not op.granted_access & (Access.WRITE_DAC | Access.WRITE_OWNER):
-            raise SmbError(NtStatus.ACCESS_DENIED)
-        raise SmbError(NtStatus.NOT_SUPPORTED, "security descriptors are not stored")
+        await _set_security(req, op, si)
+        return set_info_response()
     if si.info_type == InfoType.FILESYSTEM:
         raise SmbError(NtStatus.ACCESS_DENIED if si.info_class in (2, 6) else NtStatus.INVALID_INFO_CLASS)
     if si.info_type == InfoType.QUOTA:
         raise SmbError(NtStatus.NOT_SUPPORTED, "quotas")
     raise SmbError(NtStatus.INVALID_PARAMETER, "bad InfoType")
+
+
+async def _set_security(req: "Request", op: Open, si: SetInfoRequest) -> None:
+    """SMB2_0_INFO_SECURITY (3.3.5.21.3; MS-FSA 2.1.5.16): store the parts
+    AdditionalInformation names. Owner and group need WRITE_OWNER, the DACL WRITE_DAC, the
+    SACL ACCESS_SYSTEM_SECURITY (which no handle gets: no privileges here). The owner SID is
+    stored, never applied to the Unix owner (smbd.security.store)."""
+    info = si.additional_information
+    if op.tree.share.read_only:
+        raise SmbError(NtStatus.ACCESS_DENIED, "read-only share")
+    if not si.buffer:
+        raise SmbError(NtStatus.INVALID_PARAMETER, "no security descriptor")
+    sd = parse_or_error(si.buffer, NtStatus.INVALID_SECURITY_DESCR)
+    # A part named but not given (no owner SID) is left alone, as Samba does.
+    if sd.owner is None:
+        info &= ~SecurityInformation.OWNER
+    if sd.group is None:
+        info &= ~SecurityInformation.GROUP
+    if info & (SecurityInformation.OWNER | SecurityInformation.GROUP):
+        _need(op, Access.WRITE_OWNER)
+    if info & SecurityInformation.DACL:
+        _need(op, Access.WRITE_DAC)
+    if info & SecurityInformation.SACL:
+        _need(op, Access.ACCESS_SYSTEM_SECURITY)
+    with translate_oserror():
+        await req.server.io(set_descriptor, op.fd, sd, info)
 
 
 def _need(op: Open, bits: int) -> None:
@@ -346,6 +384,8 @@ async def _rename(req: "Request", op: Open, value) -> None:
             raise SmbError(NtStatus.ACCESS_DENIED, "open files below the directory")
     if sharemode.others_hold(op.fd, sharemode.DENY_DELETE):
         raise SmbError(NtStatus.SHARING_VIOLATION)
+    from ..leases import lease_manager
+    await lease_manager(server).break_for_namespace_change(req, op)  # other keys lose H first
     await server.io(lambda: vfs.rename(src, dst, replace=value.replace_if_exists))
     for other in server.opens.values():
         if other.tree.vfs is vfs and other.components[:len(src)] == src:
