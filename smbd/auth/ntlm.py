@@ -129,6 +129,7 @@ class NtlmServer:
         domain: str,
         dns_name: str = "",
         allow_guest: bool = False,
+        allow_anonymous: bool | None = None,
         rng: Callable[[int], bytes] = os.urandom,
         clock: Callable[[], float] = time.time,
     ):
@@ -137,6 +138,9 @@ class NtlmServer:
         self.domain = domain.upper()
         self.dns_name = (dns_name or netbios_name).lower()
         self.allow_guest = allow_guest
+        # Anonymous (null) logons, which Samba accepts by default (restrict anonymous = 0)
+        # and only reach IPC$ and guest shares; unless told, they follow allow_guest.
+        self.allow_anonymous = allow_guest if allow_anonymous is None else allow_anonymous
         self._rng = rng
         self._clock = clock
         self._negotiate: NegotiateMessage | None = None
@@ -206,7 +210,7 @@ class NtlmServer:
             raise malformed(f"bad NTLM AUTHENTICATE: {exc}") from None
 
         if self._is_anonymous(auth):
-            if not self.allow_guest:
+            if not self.allow_anonymous:
                 raise logon_failure("anonymous logon refused")
             return self._finish(AuthResult(user="", domain="", is_anonymous=True, workstation=auth.workstation,
                                            flags=auth.flags))

@@ -6,9 +6,11 @@ algorithm depends on the dialect:
 
 - 2.0.2 / 2.1: HMAC-SHA256 with the session key, truncated to 16 bytes;
 - 3.0 / 3.0.2: AES-128-CMAC with Session.SigningKey;
-- 3.1.1: AES-128-CMAC, or AES-128-GMAC when SMB2_SIGNING_CAPABILITIES negotiated it
-  ([MS-SMB2] 2.2.3.1.7).  GMAC's 12-byte nonce is the MessageId followed by a 32-bit
-  word whose bit 0 says "sent by the server" and bit 1 "this is a CANCEL request".
+- 3.1.1: AES-128-CMAC, or the algorithm SMB2_SIGNING_CAPABILITIES negotiated
+  ([MS-SMB2] 2.2.3.1.7, 3.1.4.1): AES-128-GMAC, or HMAC-SHA256 (with the KDF-derived
+  signing key, as Windows and Samba do when a client offers only that).  GMAC's
+  12-byte nonce is the MessageId followed by a 32-bit word whose bit 0 says "sent by
+  the server" and bit 1 "this is a CANCEL request".
 
 The Signature field is skipped by feeding the MAC three pieces (before, zeros, after)
 so a large WRITE is never copied just to blank 16 bytes.
@@ -82,7 +84,10 @@ def _effective_algorithm(algorithm: int, dialect: int) -> int:
         return SIGNING_AES_GMAC
     if algorithm not in (SIGNING_AES_CMAC, SIGNING_HMAC_SHA256):
         raise ValueError(f"unknown signing algorithm {algorithm:#06x}")
-    # SMB 3.x never signs with HMAC-SHA256: CMAC is the default when nothing else was agreed.
+    if algorithm == SIGNING_HMAC_SHA256 and dialect == DIALECT_SMB_3_1_1:
+        # Only a 3.1.1 SMB2_SIGNING_CAPABILITIES context can select it (smbtorture
+        # smb2.session.signing-hmac-sha-256); 3.0/3.0.2 have no choice and use CMAC.
+        return SIGNING_HMAC_SHA256
     return SIGNING_AES_CMAC
 
 

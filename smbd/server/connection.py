@@ -77,6 +77,9 @@ class Request:
     status: int = NtStatus.SUCCESS  # a handler may answer with a non-error status and a body
     invalidate_token: int | None = None  # SMB Direct: send the response with SEND_WITH_INVALIDATE
     compound: "_CompoundReply | None" = None  # the responses of the message this request came in
+    # SESSION_SETUP only: what its handler decided the response is signed with (a bind is
+    # answered with Session.SigningKey until the channel has its own; see handlers.session).
+    setup_signer: Any = None
 
     @property
     def server(self) -> "ServerState":
@@ -136,6 +139,8 @@ class SmbConnection:
         self.signing_algorithm = crypto.SIGNING_AES_CMAC
         self.rdma_transforms: list[int] = []
         self.preauth = crypto.PreauthHash()
+        # 3.3.1.7 PreauthSessionTable: SESSION_SETUP exchanges in progress here, by SessionId.
+        self.session_auths: dict[int, Any] = {}
         self.credits = CreditWindow(server.config.max_credits)
         self.negotiated = False
         self.multi_credit = False
@@ -354,22 +359,36 @@ class SmbConnection:
             parts = [bytearray(out.pack()) + body]
         else:
             parts = [bytearray(out.pack()) + body[0], *body[1:]]
-        if req.on_response is not None:
-            req.on_response(b"".join(bytes(p) for p in parts))
         return parts
 
-    def _signing_key(self, req: Request, status: int) -> bytes:
-        """The key to sign a response with, or b"" (3.3.4.1.1)."""
+    def _signer(self, req: Request, status: int) -> tuple[bytes, int, int] | None:
+        """(key, algorithm, dialect) to sign a response with, or None (3.3.4.1.1)."""
+        if req.setup_signer is not None:
+            s = req.setup_signer
+            return s.key, s.algorithm, s.dialect
         session = req.session
         if session is None or session.keys is None:
-            return b""
+            return None
         if req.header.command == Command.SESSION_SETUP and status != NtStatus.SUCCESS:
-            return b""
+            return None
         if not (req.header.flags & Flags.SIGNED or session.signing_required
                 or req.header.command == Command.SESSION_SETUP):
-            return b""
+            return None
         channel = session.channel_for(self)
-        return channel.signing_key if channel else b""
+        if channel is None and req.header.flags & Flags.SIGNED:
+            # A signed request naming a session this connection is no channel of (it gets
+            # USER_SESSION_DELETED): answered with Session.SigningKey, as Samba does, for a
+            # client that signed with it insists on a signed answer. Only if it verifies:
+            # else anyone could have messages signed with the session's key.
+            main = (session.keys.signing, session.signing_algorithm, session.dialect)
+            try:
+                ok = crypto.verify_signature(main[1], main[0], req.msg, dialect=main[2])
+            except ValueError:
+                ok = False
+            return main if ok else None
+        if channel is None or not channel.signing_key:
+            return None
+        return channel.signing_key, self.signing_algorithm, self.dialect
 
     async def _send_responses(self, requests: list[Request], responses: list[list],
                               encrypted_session: Session | None) -> None:
@@ -379,8 +398,8 @@ class SmbConnection:
         flat: list[bytearray] = []
         for req, parts in zip(answered, responses):
             status = struct.unpack_from("<I", parts[0], 8)[0]
-            key = self._signing_key(req, status)
-            if key or len(parts) > 1 and len(responses) > 1:
+            signer = self._signer(req, status)
+            if signer or len(parts) > 1 and len(responses) > 1:
                 parts = [bytearray(b"".join(bytes(p) for p in parts))]
             flat.append(parts)  # type: ignore[arg-type]
         if len(flat) > 1:
@@ -388,12 +407,25 @@ class SmbConnection:
             compound.join(heads)
         for req, parts in zip(answered, flat):
             status = struct.unpack_from("<I", parts[0], 8)[0]
-            key = self._signing_key(req, status)
-            if key:
+            signer = self._signer(req, status)
+            if signer:
+                key, algorithm, dialect = signer
                 head = parts[0]
                 struct.pack_into("<I", head, 16, struct.unpack_from("<I", head, 16)[0] | Flags.SIGNED)
-                head[SIGNATURE_OFFSET:SIGNATURE_OFFSET + 16] = crypto.sign(
-                    self.signing_algorithm, key, head, dialect=self.dialect)
+                head[SIGNATURE_OFFSET:SIGNATURE_OFFSET + 16] = crypto.sign(algorithm, key, head, dialect=dialect)
+            elif req.header.flags & Flags.SIGNED and _is_error(status) and (
+                    status == NtStatus.USER_SESSION_DELETED or req.header.command == Command.SESSION_SETUP):
+                # An error we cannot (no session left) or will not (the request did not
+                # verify) sign: like Samba, echo the request's SIGNED flag and signature,
+                # which Samba's client insists on and then accepts for these statuses
+                # (smbtorture smb2.session.bind_invalid_auth, bind_negative_*).
+                head = parts[0]
+                struct.pack_into("<I", head, 16, struct.unpack_from("<I", head, 16)[0] | Flags.SIGNED)
+                head[SIGNATURE_OFFSET:SIGNATURE_OFFSET + 16] = req.msg[SIGNATURE_OFFSET:SIGNATURE_OFFSET + 16]
+        for req, parts in zip(answered, flat):
+            if req.on_response is not None:
+                # The preauth hash covers the response as sent: signed, when a bind's is.
+                req.on_response(b"".join(bytes(p) for p in parts))
         message = [p for parts in flat for p in parts]
         session = encrypted_session or self._encrypting_session(requests)
         if session is not None and session.keys is not None and session.keys.encrypting:
@@ -436,11 +468,11 @@ class SmbConnection:
             await self._send_responses([*earlier, req], [*parts, interim], reply.encrypted_session)
             return
         body = bytearray(out.pack()) + control.error_response()
-        key = self._signing_key(req, NtStatus.PENDING)
-        if key:
+        signer = self._signer(req, NtStatus.PENDING)
+        if signer:
+            key, algorithm, dialect = signer
             struct.pack_into("<I", body, 16, struct.unpack_from("<I", body, 16)[0] | Flags.SIGNED)
-            body[SIGNATURE_OFFSET:SIGNATURE_OFFSET + 16] = crypto.sign(self.signing_algorithm, key, body,
-                                                                       dialect=self.dialect)
+            body[SIGNATURE_OFFSET:SIGNATURE_OFFSET + 16] = crypto.sign(algorithm, key, body, dialect=dialect)
         message: list = [body]
         session = self._encrypting_session([req]) if not req.encrypted else req.session
         if session is not None and session.keys and session.keys.encrypting:
@@ -482,6 +514,8 @@ class SmbConnection:
         self.closed = True
         for task in list(self.tasks):
             task.cancel()
+        from .durable import preserve_on_disconnect
+        preserve_on_disconnect(self.server, self)  # 3.3.7.1: durable Opens outlive the channel
         self.server.connection_lost(self)
         self.transport.close()
 
@@ -500,4 +534,9 @@ class _CompoundReply:
 
 _FILE_COMMANDS = {Command.CLOSE, Command.FLUSH, Command.READ, Command.WRITE, Command.LOCK, Command.IOCTL,
                   Command.QUERY_DIRECTORY, Command.CHANGE_NOTIFY, Command.QUERY_INFO, Command.SET_INFO}
+def _is_error(status: int) -> bool:
+    """An NTSTATUS of error severity (MS-ERREF 2.3) other than MORE_PROCESSING_REQUIRED."""
+    return status >= 0xC0000000 and status != NtStatus.MORE_PROCESSING_REQUIRED
+
+
 _QUIET = {NtStatus.OBJECT_NAME_NOT_FOUND, NtStatus.NO_MORE_FILES, NtStatus.MORE_PROCESSING_REQUIRED}

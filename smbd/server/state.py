@@ -4,11 +4,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import json
 import logging
 import os
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .config import ServerConfig
@@ -21,6 +24,144 @@ if TYPE_CHECKING:
     from .handlers import HandlerTable
 
 log = logging.getLogger("smbd.server")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """What one worker tells the others about a valid session (MS-SMB2 3.3.1.5
+    GlobalSessionTable): enough for a SESSION_SETUP naming it on another worker's
+    connection to be answered with the status and signature Windows and Samba give
+    (3.3.5.5.2: dialect, signing algorithm and cipher must match; the refusal of a request
+    signed with Session.SigningKey is signed with it). The session itself, its trees and
+    opens stay in its worker."""
+
+    session_id: int
+    pid: int
+    dialect: int
+    signing_algorithm: int
+    cipher: int
+    signing_key: bytes
+    is_guest: bool
+    is_anonymous: bool
+    user: str
+    domain: str
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["signing_key"] = self.signing_key.hex()
+        return json.dumps(d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SessionRecord | None":
+        try:
+            d = json.loads(text)
+            d["signing_key"] = bytes.fromhex(d["signing_key"])
+            record = cls(**d)
+        except (ValueError, TypeError, KeyError):
+            return None
+        ints = (record.session_id, record.pid, record.dialect, record.signing_algorithm, record.cipher)
+        return record if all(isinstance(i, int) for i in ints) else None
+
+
+class GlobalSessionTable:
+    """Sessions of every worker of one smbdd, one small file each in a private tmpfs folder.
+
+    Workers serve one ClientGUID each, so a second connection of another (or no) ClientGUID
+    that binds to a session lands in a worker that does not hold it; like Samba's
+    smbXsrv_session_global.tdb this lets that worker find the session and refuse the bind
+    exactly as 3.3.5.5.2 says, instead of USER_SESSION_DELETED. The folder is 0700 and the
+    files 0600: they hold signing keys. Files are written whole and renamed into place, so
+    a reader never sees half a record; a record whose worker died is ignored and removed.
+    A worker killed outright leaves its records behind: the first publish of each worker
+    sweeps those of dead workers (of any smbdd) and the folders they leave empty.
+    """
+
+    ROOT = Path("/dev/shm")
+    PREFIX = "smbdd-sessions-"
+
+    def __init__(self, directory: Path | None):
+        self.directory = directory
+        self._own: set[int] = set()
+        self._swept = False
+
+    @classmethod
+    def for_server(cls, server_guid: Any) -> "GlobalSessionTable":
+        return cls(cls.ROOT / f"{cls.PREFIX}{server_guid}")
+
+    def sweep(self) -> None:
+        """Remove records of workers that are gone, and folders left empty."""
+        assert self.directory is not None
+        for folder in self.directory.parent.glob(f"{self.PREFIX}*"):
+            try:
+                for path in folder.iterdir():
+                    record = SessionRecord.from_json(path.read_text()) if path.suffix != ".tmp" else None
+                    if record is not None and not _alive(record.pid):
+                        path.unlink(missing_ok=True)
+                if folder != self.directory:
+                    folder.rmdir()  # fails while it holds a live worker's records
+            except (OSError, UnicodeDecodeError):
+                continue
+
+    def _path(self, session_id: int) -> Path:
+        assert self.directory is not None
+        return self.directory / f"{session_id:016x}"
+
+    def publish(self, record: SessionRecord) -> None:
+        if self.directory is None:
+            return
+        if not self._swept:
+            self._swept = True
+            self.sweep()
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            path = self._path(record.session_id)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(record.to_json())
+            os.replace(tmp, path)
+            self._own.add(record.session_id)
+        except OSError as e:
+            log.warning("cannot publish session %x: %s", record.session_id, e)
+
+    def withdraw(self, session_id: int) -> None:
+        if self.directory is None or session_id not in self._own:
+            return
+        self._own.discard(session_id)
+        try:
+            self._path(session_id).unlink(missing_ok=True)
+            if not self._own:
+                os.rmdir(self.directory)  # the last worker's last session takes the folder along
+        except OSError:
+            pass  # other workers' sessions are still in it
+
+    def lookup(self, session_id: int) -> SessionRecord | None:
+        """The record of a session another live worker holds, or None."""
+        if self.directory is None or session_id in self._own:
+            return None
+        path = self._path(session_id)
+        try:
+            record = SessionRecord.from_json(path.read_text())
+        except (OSError, UnicodeDecodeError):
+            return None
+        if record is None or record.session_id != session_id:
+            return None
+        if not _alive(record.pid):
+            path.unlink(missing_ok=True)  # its worker died without withdrawing it
+            return None
+        return record
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False  # 0 and negatives name process groups, not a worker
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        pass
+    return True
 
 
 class ServerState:
@@ -46,6 +187,11 @@ class ServerState:
         self.byte_locks = ByteRangeLocks()
         # Grants nothing until the worker starts it on its event loop (smbd.worker).
         self.oplocks = OplockManager()
+        from .durable import DurableTable
+        from .leases import LeaseManager
+        self.leases = LeaseManager(self)  # SMB2 leases of this worker's client (3.3.1.13)
+        self.durable = DurableTable(self)  # disconnected durable Opens awaiting a reconnect
+        self.global_sessions = GlobalSessionTable.for_server(config.server_guid)
 
     def new_session_id(self) -> int:
         while True:
@@ -110,17 +256,22 @@ class ServerState:
         return await asyncio.get_running_loop().run_in_executor(self.io_pool, fn, *args)
 
     def connection_lost(self, conn: "SmbConnection") -> None:
-        """Drop the channel; sessions with no channel left lose their trees and opens (3.3.7.1)."""
+        """Drop the channel; sessions with no channel left lose their trees and opens (3.3.7.1).
+
+        A session still being set up goes too when that setup ran on this connection;
+        one another connection is setting up is not this connection's to end."""
         self.connections.discard(conn)
+        setups = getattr(conn, "session_auths", {})
         for session in list(self.sessions.values()):
-            session.channels.pop(id(conn), None)
-            if not session.channels:
+            had_channel = session.channels.pop(id(conn), None) is not None
+            if not session.channels and (had_channel or session.session_id in setups):
                 self.logoff(session)
 
     def logoff(self, session: Session) -> None:
         from .handlers.files import close_open
 
         self.sessions.pop(session.session_id, None)
+        self.global_sessions.withdraw(session.session_id)
         for op in [o for o in self.opens.values() if o.session is session]:
             close_open(self, op)
         session.trees.clear()

@@ -35,11 +35,12 @@ def security_mode(conn: "SmbConnection") -> int:
     return int(mode)
 
 
-def _pick(preference: tuple[int, ...], offered: list[int]) -> int:
+def _pick(preference: tuple[int, ...], offered: list[int]) -> int | None:
+    """Our most preferred id the client offered, or None (0 is a real id: HMAC-SHA256)."""
     for ident in preference:
         if ident in offered:
             return ident
-    return 0
+    return None
 
 
 async def handle_negotiate(req: "Request") -> bytes:
@@ -64,7 +65,7 @@ async def handle_negotiate(req: "Request") -> bytes:
     conn.client_dialects = neg.dialects  # FSCTL_VALIDATE_NEGOTIATE_INFO compares them (3.3.5.15.12)
     caps = 0
     if dialect >= Dialect.SMB_2_1:
-        caps |= Capabilities.LARGE_MTU
+        caps |= Capabilities.LARGE_MTU | Capabilities.LEASING  # leases: smbd.server.leases
         conn.multi_credit = True
     if dialect >= Dialect.SMB_3_0:
         caps |= Capabilities.MULTI_CHANNEL
@@ -92,10 +93,14 @@ def _negotiate_contexts(conn: "SmbConnection", neg: NegotiateRequest) -> list[by
         raise SmbError(NtStatus.SMB_NO_PREAUTH_INTEGRITY_HASH_OVERLAP)
     out = [preauth_context(os.urandom(32))]
     if ContextType.ENCRYPTION in ctx and conn.server.config.encrypt != EncryptPolicy.OFF:
-        conn.cipher = _pick(CIPHER_PREFERENCE, cipher_ids(ctx[ContextType.ENCRYPTION]))
+        conn.cipher = _pick(CIPHER_PREFERENCE, cipher_ids(ctx[ContextType.ENCRYPTION])) or 0
         out.append(single_id_context(ContextType.ENCRYPTION, conn.cipher))
     if ContextType.SIGNING in ctx:
-        alg = _pick(SIGNING_PREFERENCE, signing_ids(ctx[ContextType.SIGNING])) or crypto.SIGNING_AES_CMAC
+        # 3.3.5.4: none in common leaves the 3.1.1 default, AES-CMAC. Only HMAC-SHA256
+        # offered selects it (its id is 0, so "nothing picked" is None, not 0).
+        alg = _pick(SIGNING_PREFERENCE, signing_ids(ctx[ContextType.SIGNING]))
+        if alg is None:
+            alg = crypto.SIGNING_AES_CMAC
         conn.signing_algorithm = alg
         out.append(single_id_context(ContextType.SIGNING, alg))
     if ContextType.RDMA_TRANSFORM in ctx:
