@@ -119,7 +119,12 @@ class Worker:
                 transport.close()
 
     def check_idle(self) -> None:
-        if self.server is not None and not self.server.connections and not self.idle_reported:
+        # Disconnected durable handles (smbd.server.durable) keep the worker: a reconnect of
+        # the same ClientGUID must find them here. The table calls back when it empties.
+        durable = self.server.durable if self.server is not None else None
+        if durable is not None:
+            durable.on_empty = self.check_idle
+        if self.server is not None and not self.server.connections and not durable and not self.idle_reported:
             self.idle_reported = True
             try:
                 send_record(self.control, {"op": "idle", "seen": self.seen})

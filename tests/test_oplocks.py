@@ -444,7 +444,11 @@ def test_ack_errors(server):
     assert level == LEVEL_NONE
     assert _ack(a, fid, LEVEL_NONE).status == STATUS_INVALID_OPLOCK_PROTOCOL
     assert _ack(a, b"\x55" * 16, LEVEL_NONE).status == STATUS_FILE_CLOSED
-    bad_size = a.call(OPLOCK_BREAK, struct.pack("<HBBI", 36, 0, 0, 0) + fid + b"\0" * 12)
+    # A 36-byte body is a Lease Break Acknowledgment (2.2.24.2) for a lease that does not
+    # exist (3.3.5.22.2); any other size than 24 or 36 is malformed.
+    lease_ack = a.call(OPLOCK_BREAK, struct.pack("<HBBI", 36, 0, 0, 0) + fid + b"\0" * 12)
+    assert lease_ack.status == 0xC0000034  # STATUS_OBJECT_NAME_NOT_FOUND
+    bad_size = a.call(OPLOCK_BREAK, struct.pack("<HBBI", 30, 0, 0, 0) + fid + b"\0" * 6)
     assert bad_size.status == STATUS_INVALID_PARAMETER
 
 

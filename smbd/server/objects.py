@@ -110,6 +110,17 @@ class Open:
     notify: Any = None  # smbd.server.notify.Watch when CHANGE_NOTIFY was used
     write_time_frozen: bool = False
     file_key: int | None = None  # the inode: opens of one file share delete-pending state
+    # Leases and durability (MS-SMB2 3.3.1.10 Open.Lease, Open.IsDurable, Open.DurableOpenTimeout,
+    # Open.CreateGuid, Open.ClientGuid, Open.DurableOwner).
+    lease: Any = None  # smbd.server.leases.Lease
+    durable: bool = False
+    durable_v2: bool = False
+    durable_timeout: float = 0.0  # seconds a disconnected durable open is kept
+    create_guid: Any = None  # uuid.UUID of DH2Q, for replays and DH2C
+    client_guid: Any = None  # uuid.UUID of the connection that created it
+    owner: tuple[str, str] = ("", "")  # (domain, user) allowed to reconnect it
+    disconnected: bool = False  # kept after its connection dropped, waiting for a reconnect
+    lock_sequences: dict = field(default_factory=dict)  # Open.LockSequenceArray: index -> number
 
     @property
     def file_id(self) -> tuple[int, int]:

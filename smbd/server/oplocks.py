@@ -41,7 +41,7 @@ import signal
 import struct
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from smbd.status import NtStatus, SmbError
 from smbd.wire.create import OplockLevel
@@ -174,6 +174,12 @@ class OplockManager:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sigfd: SignalFd | None = None
         self._thread: int | None = None
+        # Kernel leases held for someone else (SMB2 leases, smbd.server.leases): fd -> callback
+        # run on the loop when the kernel breaks the lease on that fd.
+        self._watchers: dict[int, Callable[[int], None]] = {}
+        # Called instead of notifying when the holder is a disconnected durable Open: it has
+        # no channel to hear the break, so it is closed (MS-SMB2 3.3.4.6; smbd.server.durable).
+        self.on_disconnected_break: Callable[["Open"], None] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -255,9 +261,20 @@ class OplockManager:
                 grant = self._grants.get(fd)
                 if grant is not None:
                     self._check(grant)
+                elif fd in self._watchers:
+                    self._watchers[fd](fd)
             else:  # queue overflow: find the breaking leases ourselves
                 for grant in list(self._grants.values()):
                     self._check(grant)
+                for wfd, callback in list(self._watchers.items()):
+                    callback(wfd)
+
+    def watch(self, fd: int, callback: Callable[[int], None]) -> None:
+        """Route kernel lease breaks on ``fd`` (a lease taken by someone else) to ``callback``."""
+        self._watchers[fd] = callback
+
+    def unwatch(self, fd: int) -> None:
+        self._watchers.pop(fd, None)
 
     def _check(self, grant: Grant) -> None:
         """Start a break if the kernel is breaking this lease (a queued signal may be stale:
@@ -273,6 +290,10 @@ class OplockManager:
 
     def _break(self, grant: Grant, wants_write: bool) -> None:
         op = grant.op
+        if op.disconnected and self.on_disconnected_break is not None:
+            self._end(grant, release=True)  # let the opener go on at once
+            self.on_disconnected_break(op)
+            return
         if grant.level == OplockLevel.II:
             # 3.3.4.6 / 2.2.24.1: a break from level II goes to none, unacknowledged.
             self._notify(op, OplockLevel.NONE)

@@ -3,8 +3,8 @@ acknowledgment (2.2.24.1) and the server's response to it (2.2.25.1).
 
 All three share one 24-byte layout: StructureSize (24), OplockLevel, Reserved, Reserved2,
 FileId. Lease breaks (2.2.23.2, 2.2.24.2, 2.2.25.2) use the same command with other
-StructureSizes; we grant no leases, so an acknowledgment of any other size is refused
-with STATUS_INVALID_PARAMETER (by ``common.body``), as Samba answers one it cannot match.
+StructureSizes (smbd.wire.lease); an acknowledgment of neither size is refused with
+STATUS_INVALID_PARAMETER (by ``common.body``).
 """
 from __future__ import annotations
 

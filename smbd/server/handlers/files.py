@@ -11,17 +11,21 @@ from typing import TYPE_CHECKING
 
 from smbd.core.credits import required_charge
 from smbd.fscc.constants import FileAttributes
+from smbd.security.access import maximal_access, narrow_by_stored_dacl
+from smbd.security.store import create_context_descriptor, parent_stored, secure_new_file
 from smbd.status import NtStatus, SmbError
 from smbd.vfs.errors import translate_oserror
 from smbd.vfs.eas import set_eas
 from smbd.wire import fileio
 from smbd.wire.create import (VALID_ACCESS, WRITE_ACCESS, Access, CreateAction, CreateOptions, CreateRequest,
-                              CreateResponse, Disposition, encode_contexts, map_generic)
+                              CreateResponse, Disposition, OplockLevel, encode_contexts, map_generic)
 from smbd.wire.ea import EaListError, FullEa, parse_full_ea_list
+from smbd.wire.lease import BREAK_ACK_SIZE, LEASE_CONTEXT, LeaseBreakAck, LeaseRequest, break_structure_size
 from smbd.wire.oplock import OplockBreakAck, oplock_break_response
 
-from .. import sharemode
+from .. import durable, sharemode
 from ..objects import Open
+from ..leases import lease_manager
 from ..oplocks import BREAK_ACK_TIMEOUT
 
 if TYPE_CHECKING:
@@ -42,6 +46,14 @@ _QFID = b"QFid"
 # timer (3.3.2.1) plus slack; the kernel itself gives up on a lease after
 # /proc/sys/fs/lease-break-time (45 s by default).
 _BREAK_WAIT_LIMIT = BREAK_ACK_TIMEOUT + 15.0
+
+
+class _SharingViolation(SmbError):
+    """STATUS_SHARING_VIOLATION on an existing file, naming it for the handle-caching break."""
+
+    def __init__(self, file_key: int):
+        super().__init__(NtStatus.SHARING_VIOLATION)
+        self.file_key = file_key
 
 
 class _LeaseBreakPending(Exception):
@@ -89,12 +101,22 @@ def _validate(create: CreateRequest) -> None:
 
 async def handle_create(req: "Request") -> bytes:
     create = CreateRequest.parse(req.msg)
-    _validate(create)
     tree = req.tree
+    if not tree.is_ipc:
+        durable.validate_contexts(create)
+        if durable.is_reconnect(create):
+            # 3.3.5.9.7/12: only the reconnect context counts; name and other fields are ignored.
+            return await _reconnect(req, create)
+    _validate(create)
     if tree.is_ipc:
         from ..ipc import open_pipe
         return await open_pipe(req, create)
     server = req.server
+    dh2q = durable.v2_request(req, create)
+    replayed = durable.replayed_open(req, dh2q)
+    if replayed is not None and replayed.session is req.session and not replayed.disconnected:
+        return await _answer_existing(req, replayed, *durable.replay_answer(req, replayed))
+    lease_request = _lease_request(req, create)
     vfs = tree.vfs
     components = vfs.parse_name(create.name)
     access = _granted_access(req, create)
@@ -102,11 +124,13 @@ async def handle_create(req: "Request") -> bytes:
     if opts & CreateOptions.DELETE_ON_CLOSE and not access & Access.DELETE:
         raise SmbError(NtStatus.ACCESS_DENIED, "delete-on-close without DELETE access")
     eas = _requested_eas(create)
-    op = await _open_after_breaks(req, create, components, access, eas)
-    oplock = server.oplocks.grant(op.open, create.oplock_level)
-    contexts = []
+    create_context_descriptor(create.contexts)  # a malformed SecD fails before anything is created
+    op = await _open_after_breaks(req, create, components, access, eas, lease_request)
+    oplock, contexts = await _grant_caching(req, create, op.open, lease_request, dh2q)
     if _MXAC in create.contexts:
-        contexts.append((_MXAC, struct.pack("<II", 0, tree.maximal_access)))
+        mxac = await server.io(maximal_access, op.open.fd, tree.maximal_access,  # narrowed by a stored DACL
+                               anonymous=req.session.is_anonymous, guest=req.session.is_guest)
+        contexts.append((_MXAC, struct.pack("<II", 0, mxac)))
     if _QFID in create.contexts:
         contexts.append((_QFID, struct.pack("<QQ16x", op.info.file_id, op.info.volume_id)))
     req.created_file_id = op.open.file_id
@@ -116,24 +140,104 @@ async def handle_create(req: "Request") -> bytes:
                           info.attributes, op.open.file_id, encode_contexts(contexts) if contexts else b"").pack()
 
 
+def _lease_request(req: "Request", create: CreateRequest) -> LeaseRequest | None:
+    """3.3.5.9.8/11: RqLs counts with RequestedOplockLevel LEASE on SMB 2.1 and later;
+    otherwise it is ignored (and LEASE without RqLs means no oplock)."""
+    data = create.contexts.get(LEASE_CONTEXT)
+    if data is None or create.oplock_level != OplockLevel.LEASE or req.conn.dialect < 0x0210:
+        return None
+    request = LeaseRequest.parse(data)
+    if request.version == 2 and req.conn.dialect < 0x0300:
+        return LeaseRequest(request.key, request.state, 0, 1)  # v2 needs SMB 3 (3.3.5.9.11)
+    return request
+
+
+async def _grant_caching(req: "Request", create: CreateRequest, op: Open, lease_request: LeaseRequest | None,
+                         dh2q) -> tuple[int, list[tuple[bytes, bytes]]]:
+    """After the open: break what it conflicts with in this worker, then grant the lease
+    or oplock and durability. Returns the OplockLevel and the response contexts."""
+    server = req.server
+    leases = lease_manager(server)
+    try:
+        if lease_request is not None:
+            leases.check_request(req, lease_request, op.file_key)
+        if not op.is_dir:
+            await leases.break_for_open(req, op.file_key, create.disposition,
+                                        lease_request.key if lease_request else None, op.granted_access)
+    except BaseException:
+        await server.io(close_open, server, op)
+        raise
+    contexts: list[tuple[bytes, bytes]] = []
+    if op.closed:
+        raise SmbError(NtStatus.FILE_CLOSED)
+    if lease_request is not None and not op.is_dir:
+        contexts.append((LEASE_CONTEXT, leases.grant(req, op, lease_request)))
+        oplock = OplockLevel.LEASE
+    elif lease_request is not None:
+        oplock = OplockLevel.NONE  # no directory leases (we do not offer DIRECTORY_LEASING)
+    else:
+        oplock = server.oplocks.grant(op, create.oplock_level)
+    contexts += durable.grant(req, op, create, dh2q, oplock)
+    return oplock, contexts
+
+
+async def _reconnect(req: "Request", create: CreateRequest) -> bytes:
+    """DHnC / DH2C: answer with the kept Open (3.3.5.9.7, 3.3.5.9.12)."""
+    op, contexts, oplock = durable.reconnect(req, create)
+    return await _answer_existing(req, op, contexts, oplock)
+
+
+async def _answer_existing(req: "Request", op: Open, contexts: list, oplock: int) -> bytes:
+    """A CREATE response for an Open that already exists (durable reconnect, replay)."""
+    info = await req.server.io(op.tree.vfs.stat_fd, op.fd, op.components[-1] if op.components else "")
+    req.created_file_id = op.file_id
+    return CreateResponse(oplock, 0, CreateAction.OPENED, info.creation_time, info.last_access_time,
+                          info.last_write_time, info.change_time, info.allocation_size, info.size,
+                          info.attributes, op.file_id, encode_contexts(contexts) if contexts else b"").pack()
+
+
 async def _open_after_breaks(req: "Request", create: CreateRequest, components: tuple[str, ...],
-                             access: int, eas: tuple[FullEa, ...]) -> "_Opened":
+                             access: int, eas: tuple[FullEa, ...],
+                             lease_request: LeaseRequest | None = None) -> "_Opened":
     """Open, and while an oplock break holds the file (3.3.4.6), wait and try again.
 
     The wait is on the event loop, not on an I/O thread: the break's acknowledgment (or
     the holder's CLOSE) must get through even when every I/O thread is busy. While it
     lasts the request goes async (interim STATUS_PENDING, 3.3.4.2), as Windows answers a
     CREATE that waits for a break, so the client does not time it out; only the last
-    request of a compound may (see Request.go_async)."""
+    request of a compound may (see Request.go_async).
+
+    A sharing violation against Opens holding leases with handle caching in this worker
+    first breaks their H (MS-SMB2 3.3.4.7, as Windows does): the client may close the
+    handles it kept open only for caching, and the open is tried once more."""
     server = req.server
     loop = asyncio.get_running_loop()
     deadline = loop.time() + _BREAK_WAIT_LIMIT
     delay = 0.002
+    handles_broken = False
+    leases = lease_manager(server)
+    own_key = lease_request.key if lease_request else None
+    if leases.active and create.disposition in (Disposition.SUPERSEDE, Disposition.OVERWRITE,
+                                                Disposition.OVERWRITE_IF):
+        # Cached writes of this worker's leases must reach the file before it is truncated.
+        existing = await server.io(req.tree.vfs.lookup, components)
+        if existing is not None and not existing.is_dir:
+            await leases.break_for_open(req, existing.file_id, create.disposition, own_key, access)
     while True:
         try:
-            return await server.io(_open_file, server, req, create, components, access, eas)
+            try:
+                return await server.io(_open_file, server, req, create, components, access, eas)
+            finally:
+                leases.restore_released()
         except _LeaseBreakPending:
             pass
+        except _SharingViolation as e:
+            if handles_broken or not leases.has_leases(e.file_key):
+                raise
+            handles_broken = True
+            if not await leases.break_handles(req, e.file_key, own_key):
+                raise
+            continue
         if req.cancelled.is_set():
             raise SmbError(NtStatus.CANCELLED)
         if loop.time() > deadline:
@@ -226,8 +330,15 @@ def _open_once(server: "ServerState", req: "Request", create: CreateRequest, com
     write = bool(access & (Access.FILE_WRITE_DATA | Access.FILE_APPEND_DATA)) or truncate
     if write and is_dir:
         write = False
+    if existing is not None:
+        # Our own open must not break the kernel leases behind this worker's SMB2 leases:
+        # conflicts between our opens are decided by smbd.server.leases.
+        leases = getattr(server, "leases", None)
+        if leases is not None:
+            leases.release_kernel_for(existing.file_id)
     try:
-        opened = vfs.open(components, create=create_new, exclusive=create_new, truncate=truncate,
+        # Truncation waits until the DACL and share modes have been checked (below).
+        opened = vfs.open(components, create=create_new, exclusive=create_new, truncate=False,
                           directory=is_dir, write=write and not tree.share.read_only)
     except SmbError as e:
         cause = e.__cause__
@@ -236,7 +347,20 @@ def _open_once(server: "ServerState", req: "Request", create: CreateRequest, com
         raise
     fd = opened.fd
     try:
-        sharemode.acquire(fd, access, create.share_access)
+        if not create_new:  # a client-stored DACL can only narrow access (smbd.security.access)
+            access = narrow_by_stored_dacl(fd, access, create.desired_access, truncate=truncate,
+                                           anonymous=req.session.is_anonymous, guest=req.session.is_guest)
+        try:
+            sharemode.acquire(fd, access, create.share_access)
+        except SmbError as e:
+            if e.status == NtStatus.SHARING_VIOLATION and existing is not None:
+                raise _SharingViolation(existing.file_id) from e
+            raise
+        if truncate:  # only now: an open refused by the DACL or a share mode keeps the data
+            vfs.truncate(fd, 0)
+        if create_new:
+            secure_new_file(fd, create.contexts, is_dir=is_dir,  # SecD context, else inherited DACL
+                            parent=lambda: parent_stored(vfs, opened.components))
         if create_new or truncate:
             attrs = create.file_attributes & ~int(FileAttributes.DIRECTORY | FileAttributes.NORMAL)
             if attrs:
@@ -272,6 +396,8 @@ def close_open(server: "ServerState", op: Open) -> None:
     if op.closed:
         return
     server.oplocks.forget(op)
+    if op.lease is not None:
+        lease_manager(server).forget(op)
     op.closed = True
     server.unregister_open(op)
     if op.notify is not None:
@@ -304,6 +430,8 @@ async def handle_close(req: "Request") -> bytes:
     # Drop the lease here, on the loop: an opener blocked on it holds an I/O thread, and
     # closing instead of acknowledging a break must free it even if all of them are busy.
     server.oplocks.forget(op)
+    if op.lease is not None:
+        lease_manager(server).forget(op)
     if close.flags & fileio.CLOSE_FLAG_POSTQUERY_ATTRIB and op.pipe is None:
         info = await server.io(op.tree.vfs.stat_fd, op.fd, op.components[-1] if op.components else "")
         await server.io(close_open, server, op)
@@ -415,6 +543,9 @@ async def handle_write(req: "Request") -> bytes:
         raise SmbError(NtStatus.INVALID_PARAMETER, "write beyond MAXFILESIZE")
     req.server.byte_locks.check_io(op, offset, length, write=True)
     req.server.oplocks.break_level_ii(op.file_key)
+    leases = getattr(req.server, "leases", None)
+    if leases is not None and leases.has_leases(op.file_key):
+        leases.break_on_write(op)
     if wr.channel != fileio.Channel.NONE:
         rdma = req.conn.transport.rdma
         if rdma is None:
@@ -440,7 +571,12 @@ async def handle_oplock_break(req: "Request") -> bytes:
     """OPLOCK_BREAK acknowledgment (3.3.5.22.1): complete the break the client acknowledges.
 
     The tree is not checked against the Open (OPLOCK_BREAK needs none in the pipeline);
-    the Open must belong to the request's session."""
+    the Open must belong to the request's session. A Lease Break Acknowledgment (2.2.24.2,
+    3.3.5.22.2) comes as the same command with StructureSize 36."""
+    if break_structure_size(req.msg) == BREAK_ACK_SIZE:
+        if req.conn.dialect < 0x0210:
+            raise SmbError(NtStatus.INVALID_PARAMETER, "lease break acknowledgment before SMB 2.1")
+        return lease_manager(req.server).acknowledge(req, LeaseBreakAck.parse(req.msg))
     ack = OplockBreakAck.parse(req.msg)
     persistent, volatile = req.resolve_file_id(ack.file_id)
     op = req.server.opens.get(volatile)

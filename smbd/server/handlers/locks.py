@@ -8,6 +8,7 @@ from smbd.status import NtStatus, SmbError
 from smbd.wire.fileio import LockElement, LockFlags, LockRequest
 from smbd.wire.session import empty_response
 
+from ..durable import lock_done, lock_replayed
 from ..locks import range_valid
 
 if TYPE_CHECKING:
@@ -50,10 +51,13 @@ async def handle_lock(req: "Request") -> bytes:
         raise SmbError(NtStatus.INVALID_PARAMETER)
     if op.is_dir:
         raise SmbError(NtStatus.INVALID_DEVICE_REQUEST, "lock on a directory")
+    if lock_replayed(op, req.conn, lock.sequence):
+        return empty_response()  # 3.3.5.14: a replay of a LOCK already done
     if classify(lock):
         _unlock(req, op, lock.locks)
     else:
         await _lock(req, op, lock.locks)
+    lock_done(op, req.conn, lock.sequence)
     return empty_response()
 
 
