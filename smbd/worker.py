@@ -182,7 +182,19 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format=f"%(asctime)s worker[{os.getpid()}] %(name)s %(levelname)s: %(message)s")
     _preload()
-    asyncio.run(run(args.control_fd))
+    profile_dir = os.environ.get("SMBDD_PROFILE_DIR")
+    if not profile_dir:
+        asyncio.run(run(args.control_fd))
+        return
+    # Developer aid: profile the event loop thread (where the protocol work runs) and leave
+    # one pstats file per worker, read with `python -m pstats`.
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        profiler.runcall(asyncio.run, run(args.control_fd))
+    finally:
+        profiler.dump_stats(os.path.join(profile_dir, f"worker-{os.getpid()}.pstats"))
 
 
 if __name__ == "__main__":

@@ -297,6 +297,74 @@ def test_pread_into_caller_buffer_and_eof(share):
         assert share.pread_into(f.fd, view, 100) == 0
 
 
+def test_pread_cached_reads_the_page_cache_without_a_thread(share):
+    """The event-loop read: what the page cache holds comes back at once, finished."""
+    buf = bytearray(32)
+    with share.open(("Hello.TXT",), create=False, exclusive=False, truncate=False,
+                    directory=False, write=False) as f:
+        share.pread_into(f.fd, memoryview(buf), 0)  # now it is cached for certain
+        buf[:] = bytes(32)
+        n, finished = share.pread_cached(f.fd, memoryview(buf)[:5], 6)
+        if not finished:  # a file system without RWF_NOWAIT: nothing read, nothing claimed
+            assert (n, share._nowait_reads) == (0, False)
+            pytest.skip("this file system refuses RWF_NOWAIT")
+        assert (n, bytes(buf[:5])) == (5, b"world")
+        assert share.pread_cached(f.fd, memoryview(buf), 0) == (11, True)  # EOF ends it
+        assert share.pread_cached(f.fd, memoryview(buf), 100) == (0, True)
+
+
+def test_pread_cached_gives_up_on_eagain_and_on_eopnotsupp(share, monkeypatch):
+    """EAGAIN (the disk would be needed) hands the rest to a thread; EOPNOTSUPP (the file
+    system has no RWF_NOWAIT) does too, and the share stops trying."""
+    real = os.preadv
+    calls = []
+
+    def preadv(fd, bufs, offset, flags=0):
+        calls.append(flags)
+        if flags & os.RWF_NOWAIT:
+            if len(calls) == 1:
+                bufs[0][:2] = b"he"  # the first two bytes were cached
+                return 2
+            raise (BlockingIOError(errno.EAGAIN, "would block") if len(calls) == 2
+                   else OSError(errno.EOPNOTSUPP, "no nowait"))
+        return real(fd, bufs, offset, flags)
+
+    share._memory_fs = False
+    monkeypatch.setattr(os, "preadv", preadv)
+    buf = bytearray(11)
+    with share.open(("Hello.TXT",), create=False, exclusive=False, truncate=False,
+                    directory=False, write=False) as f:
+        assert share.pread_cached(f.fd, memoryview(buf), 0) == (2, False)
+        assert share._nowait_reads
+        assert share.pread_cached(f.fd, memoryview(buf), 0) == (0, False)
+        assert not share._nowait_reads
+        assert share.pread_cached(f.fd, memoryview(buf), 0) == (0, False)
+        assert len(calls) == 3  # not tried again
+        assert share.pread_into(f.fd, memoryview(buf), 0) == 11 and bytes(buf) == b"hello world"
+
+
+def test_pread_cached_on_a_memory_file_system():
+    """tmpfs holds file data in memory: read directly, even where RWF_NOWAIT is refused
+    (it is on 6.1 kernels, the lab VM's)."""
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm")
+    root = os.path.join("/dev/shm", f"smbdd-test-{os.getpid()}")
+    os.mkdir(root)
+    try:
+        with open(os.path.join(root, "f"), "wb") as out:
+            out.write(b"in memory")
+        with Share(root) as shm_share:
+            assert shm_share._memory_fs
+            with shm_share.open(("f",), create=False, exclusive=False, truncate=False,
+                                directory=False, write=False) as f:
+                buf = bytearray(16)
+                assert shm_share.pread_cached(f.fd, memoryview(buf), 3) == (6, True)
+                assert bytes(buf[:6]) == b"memory"
+    finally:
+        os.unlink(os.path.join(root, "f"))
+        os.rmdir(root)
+
+
 def test_pwrite_fsync_truncate_allocate(share):
     new_file(share, ("f.bin",))
     with share.open(("f.bin",), create=False, exclusive=False, truncate=False, directory=False,

@@ -353,8 +353,8 @@ class SmbConnection:
         sid = req.session.session_id if req.session else hdr.session_id
         if hdr.command == Command.SESSION_SETUP and req.session is not None:
             sid = req.session.session_id
-        out = replace(flags_hdr.response(status, credits), session_id=sid,
-                      tree_id=req.tree.tree_id if req.tree and hdr.command == Command.TREE_CONNECT else flags_hdr.tree_id)
+        tree_id = req.tree.tree_id if req.tree and hdr.command == Command.TREE_CONNECT else None
+        out = flags_hdr.response(status, credits, session_id=sid, tree_id=tree_id)
         if isinstance(body, (bytes, bytearray)):
             parts = [bytearray(out.pack()) + body]
         else:

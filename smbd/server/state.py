@@ -255,6 +255,14 @@ class ServerState:
             fn = functools.partial(fn, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self.io_pool, fn, *args)
 
+    async def read_into(self, vfs: "VfsShare", fd: int, buf: memoryview, offset: int) -> int:
+        """File data into ``buf``: from the page cache on the loop, the rest on a helper
+        thread (the disk is never waited for on the event loop)."""
+        n, finished = vfs.pread_cached(fd, buf, offset)
+        if finished:
+            return n
+        return n + await self.io(vfs.pread_into, fd, buf[n:], offset + n)
+
     def connection_lost(self, conn: "SmbConnection") -> None:
         """Drop the channel; sessions with no channel left lose their trees and opens (3.3.7.1).
 

@@ -56,6 +56,7 @@ class ProxyTransport(asyncio.Protocol):
         self._can_write = asyncio.Event()
         self._can_write.set()
         self._setup = asyncio.get_running_loop().create_future()
+        self._held: list = []  # frames that ride along with the next write (write_with_next)
 
     def connection_made(self, transport) -> None:
         self._transport = transport
@@ -105,7 +106,23 @@ class ProxyTransport(asyncio.Protocol):
     def write(self, parts: list) -> None:
         if self._closed or self._transport is None:
             raise ConnectionResetError("relay closed")
+        if self._held:
+            parts, self._held = [*self._held, *parts], []
         self._transport.writelines(parts)
+
+    def write_with_next(self, parts: list) -> None:
+        """Send ``parts`` together with the next write, or at the end of this loop iteration
+        if none comes: a READ's RDMA_WRITE frame and its response then reach the proxy in one
+        send(2) and one wake-up instead of two."""
+        if self._closed or self._transport is None:
+            raise ConnectionResetError("relay closed")
+        if not self._held:
+            asyncio.get_running_loop().call_soon(self._flush_held)
+        self._held.extend(parts)
+
+    def _flush_held(self) -> None:
+        if self._held and not self._closed and self._transport is not None:
+            self.write([])
 
     async def send(self, parts: list, invalidate_token: int | None = None) -> None:
         if self.rdma is not None and self.rdma.prefetch_pending:
@@ -271,7 +288,7 @@ class RdmaChannel:
         try:
             view = self.pool.slot_view(slot)[:rd.length]
             with translate_oserror():
-                n = await req.server.io(op.tree.vfs.pread_into, op.fd, view, rd.offset)
+                n = await req.server.read_into(op.tree.vfs, op.fd, view, rd.offset)
             del view
             if n < rd.minimum_count or (n == 0 and rd.length > 0):
                 raise SmbError(NtStatus.END_OF_FILE)
@@ -281,7 +298,8 @@ class RdmaChannel:
         request_id = next(self._ids)
         fut = self._wait_for(request_id)
         try:
-            self.transport.write([relay.rdma(relay.FrameType.RDMA_WRITE, request_id, slot, n, rd.descriptors)])
+            self.transport.write_with_next([relay.rdma(relay.FrameType.RDMA_WRITE, request_id, slot, n,
+                                                       rd.descriptors)])
         except ConnectionResetError:
             self._waiting.pop(request_id, None)
             raise

@@ -48,8 +48,9 @@ class CreateOptions(enum.IntFlag):
     OPEN_FOR_FREE_SPACE_QUERY = 0x00800000
 
 
-class Access(enum.IntFlag):
-    """Access mask bits, MS-SMB2 2.2.13.1.1 / MS-DTYP 2.4.3."""
+class Access:
+    """Access mask bits, MS-SMB2 2.2.13.1.1 / MS-DTYP 2.4.3: plain ints, as READ and WRITE
+    test them on every call (an IntFlag operation costs an enum construction each)."""
 
     FILE_READ_DATA = 0x00000001
     FILE_WRITE_DATA = 0x00000002

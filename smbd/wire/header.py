@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from smbd.status import ProtocolViolation
 
@@ -36,7 +36,11 @@ class Command(enum.IntEnum):
     OPLOCK_BREAK = 0x0012
 
 
-class Flags(enum.IntFlag):
+class Flags:
+    """Header Flags bits (2.2.1.2): plain ints, not an IntFlag, because every message tests
+    them several times and each IntFlag operation builds an enum member (microseconds each
+    on the host, tens under the lab's emulation)."""
+
     SERVER_TO_REDIR = 0x00000001
     ASYNC_COMMAND = 0x00000002
     RELATED_OPERATIONS = 0x00000004
@@ -46,6 +50,8 @@ class Flags(enum.IntFlag):
     REPLAY_OPERATION = 0x20000000
 
 
+_ECHOED_FLAGS = Flags.ASYNC_COMMAND | Flags.RELATED_OPERATIONS | Flags.PRIORITY_MASK
+_NO_SIGNATURE = bytes(16)
 _HEADER = struct.Struct("<4sHHIHHIIQQQ16s")
 assert _HEADER.size == HEADER_SIZE
 
@@ -105,12 +111,14 @@ class Header:
                             self.command, self.credits, self.flags, self.next_command,
                             self.message_id, word, self.session_id, self.signature)
 
-    def response(self, status: int, credits: int) -> "Header":
-        """The header of the response to this request (2.2.1; 3.3.4.1)."""
-        flags = (self.flags & (Flags.ASYNC_COMMAND | Flags.RELATED_OPERATIONS | Flags.PRIORITY_MASK))
-        return replace(self, status=status, credits=credits,
-                       flags=flags | Flags.SERVER_TO_REDIR, next_command=0,
-                       signature=b"\0" * 16)
+    def response(self, status: int, credits: int, *, session_id: int | None = None,
+                 tree_id: int | None = None) -> "Header":
+        """The header of the response to this request (2.2.1; 3.3.4.1); the session and tree
+        ids are the request's unless given (a new session or tree)."""
+        return Header(self.credit_charge, status, self.command, credits,
+                      (self.flags & _ECHOED_FLAGS) | Flags.SERVER_TO_REDIR, 0, self.message_id,
+                      self.tree_id if tree_id is None else tree_id, self.async_id,
+                      self.session_id if session_id is None else session_id, _NO_SIGNATURE)
 
 
 SIGNATURE_OFFSET = 48

@@ -504,7 +504,7 @@ async def handle_read(req: "Request") -> list:
         length = max(cap - INLINE_READ_OVERHEAD, 0)
     buf = bytearray(length)
     with translate_oserror():
-        n = await req.server.io(op.tree.vfs.pread_into, op.fd, memoryview(buf), rd.offset)
+        n = await req.server.read_into(op.tree.vfs, op.fd, memoryview(buf), rd.offset)
     if n < rd.minimum_count or (n == 0 and length > 0):
         raise SmbError(NtStatus.END_OF_FILE)
     # FilePositionInformation follows reads, as Samba keeps it (smbtorture smb2.read.position).
