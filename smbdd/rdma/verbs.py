@@ -775,6 +775,8 @@ class Endpoint:
                                     sq_sig_all=0)
             self._qp = pv.qp.QP(self.device.pd, init)
             self.qp_num = self._qp.qp_num
+            self._send_sge, self._send_wr = _reusable_send_wr(pv)
+            self._recv_wrs: dict[int, tuple[tuple[int, int, int], Any]] = {}
             # INIT now, so receives can be posted before accept, as they must be: the peer may
             # send as soon as it sees our accept.  RTR/RTS happen in accept().
             self._modify_from_cm(_QPS_INIT)
@@ -909,18 +911,35 @@ class Endpoint:
     # -- data path ----------------------------------------------------------------------------
 
     def post_recv(self, wr_id: int, addr: int, length: int, lkey: int) -> None:
-        """Post a receive buffer; its completion carries ``wr_id`` and the received length."""
+        """Post a receive buffer; its completion carries ``wr_id`` and the received length.
+
+        A receive buffer is reposted with the same (wr_id, address, length, key) after every
+        message, so its work request is built once and kept: building pyverbs objects is the
+        costly part of a post (each one takes the logging lock for its logger)."""
         pv = _pyverbs()
-        sge = pv.wr.SGE(addr, length, lkey)
+        key = (addr, length, lkey)
+        cached = self._recv_wrs.get(wr_id)
+        if cached is None or cached[0] != key:
+            cached = (key, pv.wr.RecvWR(wr_id=wr_id, num_sge=1, sg=[pv.wr.SGE(addr, length, lkey)]))
+            self._recv_wrs[wr_id] = cached
         try:
-            self._qp.post_recv(pv.wr.RecvWR(wr_id=wr_id, num_sge=1, sg=[sge]))
+            self._qp.post_recv(cached[1])
         except pv.Error as exc:
             raise _wrap(exc, "ibv_post_recv") from exc
 
-    def _post(self, wr: Any, what: str) -> None:
+    def _post_one(self, wr_id: int, opcode: int, addr: int, length: int, lkey: int, what: str, *,
+                  imm_data: int = 0, remote: tuple[int, int] | None = None) -> None:
+        """Fill the endpoint's one reusable send work request and post it (ibv_post_send
+        copies it into the send queue, so it is free again when the call returns)."""
         pv = _pyverbs()
         if self._qp is None:
             raise RdmaError(errno.ENOTCONN, f"{what} on a closed endpoint")
+        sge, wr = self._send_sge, self._send_wr
+        sge.addr, sge.length, sge.lkey = addr, length, lkey
+        wr.wr_id, wr.opcode, wr.imm_data = wr_id, opcode, imm_data
+        wr.num_sge = 1 if length else 0
+        if remote is not None:
+            wr.set_wr_rdma(remote[1], remote[0])
         try:
             self._qp.post_send(wr)
         except pv.Error as exc:
@@ -932,48 +951,51 @@ class Endpoint:
         SMB2_CHANNEL_RDMA_V1_INVALIDATE: the response to an RDMA read/write invalidates the
         client's buffer).  Always signaled."""
         pv = _pyverbs()
-        sg = [pv.wr.SGE(addr, length, lkey)] if length else None
         if invalidate_rkey is None:
-            wr = pv.wr.SendWR(wr_id=wr_id, opcode=pv.e.IBV_WR_SEND, num_sge=1 if sg else 0, sg=sg,
-                              send_flags=pv.e.IBV_SEND_SIGNALED)
+            self._post_one(wr_id, pv.e.IBV_WR_SEND, addr, length, lkey, "ibv_post_send(SEND)")
         else:
             # ibv_send_wr: union { __be32 imm_data; uint32_t invalidate_rkey; }
-            wr = pv.wr.SendWR(wr_id=wr_id, opcode=pv.e.IBV_WR_SEND_WITH_INV,
-                              num_sge=1 if sg else 0, sg=sg, imm_data=invalidate_rkey & 0xFFFFFFFF,
-                              send_flags=pv.e.IBV_SEND_SIGNALED)
-        self._post(wr, "ibv_post_send(SEND)")
+            self._post_one(wr_id, pv.e.IBV_WR_SEND_WITH_INV, addr, length, lkey, "ibv_post_send(SEND)",
+                           imm_data=invalidate_rkey & 0xFFFFFFFF)
 
     def post_rdma_write(self, wr_id: int, local_addr: int, length: int, lkey: int,
                         remote_addr: int, rkey: int) -> None:
         """RDMA write ``length`` bytes from local memory to the peer's (remote_addr, rkey)."""
-        pv = _pyverbs()
-        wr = pv.wr.SendWR(wr_id=wr_id, opcode=pv.e.IBV_WR_RDMA_WRITE, num_sge=1,
-                          sg=[pv.wr.SGE(local_addr, length, lkey)], send_flags=pv.e.IBV_SEND_SIGNALED)
-        wr.set_wr_rdma(rkey, remote_addr)
-        self._post(wr, "ibv_post_send(RDMA_WRITE)")
+        self._post_one(wr_id, _pyverbs().e.IBV_WR_RDMA_WRITE, local_addr, length, lkey,
+                       "ibv_post_send(RDMA_WRITE)", remote=(remote_addr, rkey))
 
     def post_rdma_read(self, wr_id: int, local_addr: int, length: int, lkey: int,
                        remote_addr: int, rkey: int) -> None:
         """RDMA read ``length`` bytes of the peer's (remote_addr, rkey) into local memory.
         Needs initiator_depth > 0 at accept."""
-        pv = _pyverbs()
-        wr = pv.wr.SendWR(wr_id=wr_id, opcode=pv.e.IBV_WR_RDMA_READ, num_sge=1,
-                          sg=[pv.wr.SGE(local_addr, length, lkey)], send_flags=pv.e.IBV_SEND_SIGNALED)
-        wr.set_wr_rdma(rkey, remote_addr)
-        self._post(wr, "ibv_post_send(RDMA_READ)")
+        self._post_one(wr_id, _pyverbs().e.IBV_WR_RDMA_READ, local_addr, length, lkey,
+                       "ibv_post_send(RDMA_READ)", remote=(remote_addr, rkey))
 
     def poll_completions(self, batch: int = 64) -> list[Completion]:
         """Every completion available now.
 
-        Order matters (ibv_get_cq_event(3)): consume and ack the channel's events, drain the CQ,
+        Order matters (ibv_get_cq_event(3)): consume and ack the channel's event, drain the CQ,
         re-arm with req_notify, then drain once more — a completion that arrived between the
         first drain and the re-arm raised no event and would otherwise wait for the next one.
+        One event is taken per call: the caller is woken by cq_fd being readable, and it stays
+        readable while events are left, so looping here until EAGAIN would only add a failing
+        read(2) and an exception to every wake-up.
         """
         if self._cq is None:
             return []
+        events = self._take_cq_events(1)
+        if events:
+            self._cq.ack_events(events)
+        out = self._drain(batch)
+        self._cq.req_notify()
+        out += self._drain(batch)
+        return out
+
+    def _take_cq_events(self, limit: int | None) -> int:
+        """Consume up to ``limit`` (None: all) completion events without blocking."""
         pv = _pyverbs()
         events = 0
-        while True:
+        while limit is None or events < limit:
             try:
                 self._comp_channel.get_cq_event(self._cq)
             except pv.Error as exc:
@@ -981,12 +1003,7 @@ class Endpoint:
                     break
                 raise _wrap(exc, "ibv_get_cq_event") from exc
             events += 1
-        if events:
-            self._cq.ack_events(events)
-        out = self._drain(batch)
-        self._cq.req_notify()
-        out += self._drain(batch)
-        return out
+        return events
 
     def _drain(self, batch: int) -> list[Completion]:
         out: list[Completion] = []
@@ -1014,7 +1031,9 @@ class Endpoint:
         if self._cq is not None:
             # ibv_destroy_cq waits for every retrieved event to be acked: ack stragglers.
             if self._comp_channel is not None:
-                self.poll_completions()
+                events = self._take_cq_events(None)
+                if events:
+                    self._cq.ack_events(events)
             self._cq.close()
             self._cq = None
         if self._comp_channel is not None:
@@ -1052,6 +1071,19 @@ def _open_fds() -> dict[int, str]:
         except OSError:
             continue
     return out
+
+
+def _reusable_send_wr(pv: Any) -> tuple[Any, Any]:
+    """One SGE and one send work request that point at each other, to be refilled per post.
+
+    pyverbs copies the SGE list when a SendWR is built; assigning ``sg_list`` afterwards makes
+    the work request point at the SGE's own ibv_sge, so setting the SGE's fields is enough.
+    Neither object is ever closed: SendWR.close() would free the SGE's memory too."""
+    sge = pv.wr.SGE(0, 0, 0)
+    wr = pv.wr.SendWR(wr_id=0, opcode=pv.e.IBV_WR_SEND, num_sge=1, sg=[sge],
+                      send_flags=pv.e.IBV_SEND_SIGNALED)
+    wr.sg_list = sge
+    return sge, wr
 
 
 def _create_comp_channel(pv: Any, ctx: Any) -> tuple[Any, int]:
