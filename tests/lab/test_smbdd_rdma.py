@@ -209,6 +209,24 @@ def test_compound_padding_over_rdma(server):
         m.umount()
 
 
+def test_client_sees_rdma_capable_interface(server):
+    """FSCTL_QUERY_NETWORK_INTERFACE_INFO as the real client reads it.
+
+    cifs.ko asks for the server's interfaces at every mount (smb3_qfs_tcon) and lists them in
+    DebugData under "Server interfaces", each with "Capabilities: rdma" when the server set
+    RDMA_CAPABLE (MS-SMB2 2.2.32.5). Windows clients choose their RDMA channels by that flag.
+    The lab's only RDMA address is rxe0's, on veth0."""
+    m = Mount(server, "3.1.1", name="ifaces")
+    try:
+        debug = Path("/proc/fs/cifs/DebugData").read_text()
+    finally:
+        m.umount()
+    assert "Server interfaces:" in debug, debug
+    ifaces = dict((ip, caps.split()) for caps, ip in re.findall(r"Capabilities: ([a-z ]*)\n\s*IPv4: ([\d.]+)", debug))
+    assert ifaces.get(SERVER) is not None, debug
+    assert "rdma" in ifaces[SERVER], ifaces
+
+
 @pytest.mark.parametrize("opt", ["sign", "seal"])
 def test_signed_or_sealed_sessions_go_inline(server, tmp_path, opt):
     """cifs.ko sends data inline when its session signs or encrypts (shared/LAB.md)."""
