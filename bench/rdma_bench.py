@@ -106,7 +106,8 @@ def report(r: dict) -> str:
         rows.append(f"  RDMA minus TCP: smbdd {s_hop:.0f} us, ksmbd {k_hop:.0f} us{verdict}")
     rows.append(f"  raw ib_send_lat 64 B: {cell(r.get('raw_send_lat_us'))} us one way")
 
-    notes = {k: v for k, v in r.items() if k.endswith("_status") or k in ("ksmbd_tools", "kernel_oopses")}
+    notes = {k: v for k, v in r.items()
+             if k.endswith("_status") or k in ("ksmbd_tools", "kernel_oopses", "share_fs")}
     if notes:
         rows.append("")
         rows.append("notes: " + ", ".join(f"{k}={us(v) if k == 'kernel_oopses' else cell(v)}"

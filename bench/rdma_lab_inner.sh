@@ -74,6 +74,17 @@ note raw_send_lat_us "$lat"
 
 share=/tmp/bench-share; mnt=/tmp/bench-mnt
 mkdir -p "$share" "$mnt"
+# The shared directory lives on ext4, as on a storage host, not on the VM's /tmp (overlayfs on
+# tmpfs, which 6.1 does not let read with RWF_NOWAIT, so every read would take smbdd's
+# helper-thread path). The image sits in the VM's RAM; both servers serve the same directory.
+img=/run/bench-ext4.img
+truncate -s "$((SIZE_MIB * 3 + 512))M" "$img"
+if mkfs.ext4 -q -F "$img" && { modprobe loop 2>/dev/null; mount -o loop "$img" "$share"; }; then
+    note share_fs ext4
+else
+    log "ext4 share unavailable; serving /tmp (overlayfs)"
+    note share_fs overlayfs
+fi
 dd if=/dev/urandom of=/tmp/bench-src bs=1M count="$SIZE_MIB" status=none
 
 dd_mibps() {  # dd_mibps IF OF FLAG
