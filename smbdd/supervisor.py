@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -180,3 +181,8 @@ class Supervisor:
                     handle.proc.kill()
             if pending:
                 await asyncio.wait(pending, timeout=5)
+        # The workers' shared session records (smbd.server.state.GlobalSessionTable) die with
+        # them; nothing of this server is left in /dev/shm.
+        from smbd.server.state import GlobalSessionTable
+
+        shutil.rmtree(GlobalSessionTable.for_server(self.config.server_guid).directory, ignore_errors=True)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smbd.fscc import dirinfo, fileinfo, fsinfo, security, setinfo
+from smbd.fscc import dirinfo, fileinfo, fsinfo, setinfo
 from smbd.fscc.constants import FileAttributes, FileInfoClass, FsInfoClass
 from smbd.fscc.time import FILETIME_UNIX_EPOCH, filetime_to_unix_ns, unix_ns_to_filetime
 from smbd.fscc.wildcard import match
@@ -20,7 +20,6 @@ from smbd.vfs.types import DirEntry, FileInfo, FsInfo
 try:  # an independent parser (a real client library) to cross-check the layouts
     from smbprotocol import file_info as sp_file_info
     from smbprotocol.open import SMB2QueryDirectoryRequest
-    from smbprotocol.security_descriptor import SMB2CreateSDBuffer
 except ImportError:  # pragma: no cover - smbprotocol is in the "test" extra
     sp_file_info = None
 
@@ -436,43 +435,6 @@ def test_wildcard(pattern, name, expected):
 def test_star_matches_everything_and_literal_matches_itself(name):
     assert match("*", name)
     assert match(name.upper(), name) or name == ""
-
-
-# -- security descriptor (MS-DTYP 2.4.6) ---------------------------------------------------------
-@needs_peer
-def test_security_descriptor_owner_group_dacl_parsed_by_peer():
-    sd = security.build_security_descriptor(1000, 100, 0x7)
-    rev, sbz1, control, o_owner, o_group, o_sacl, o_dacl = struct.unpack_from("<BBHIIII", sd)
-    assert rev == 1 and sbz1 == 0
-    assert control == 0x8000 | 0x0004
-    assert o_sacl == 0
-    # Owner SID S-1-22-1-1000: revision 1, 2 sub-authorities, authority 22 big-endian.
-    assert sd[o_owner:o_owner + 16] == bytes([1, 2, 0, 0, 0, 0, 0, 22]) + struct.pack("<II", 1, 1000)
-    assert sd[o_group:o_group + 16] == bytes([1, 2, 0, 0, 0, 0, 0, 22]) + struct.pack("<II", 2, 100)
-    acl_rev, _, acl_size, ace_count, _ = struct.unpack_from("<BBHHH", sd, o_dacl)
-    assert (acl_rev, ace_count, acl_size) == (2, 1, 8 + 8 + 12)
-    ace_type, ace_flags, ace_size, mask = struct.unpack_from("<BBHI", sd, o_dacl + 8)
-    assert (ace_type, ace_flags, ace_size, mask) == (0, 0, 20, 0x001F01FF)
-    assert sd[o_dacl + 16:o_dacl + 28] == bytes([1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0])  # S-1-1-0
-
-    peer = SMB2CreateSDBuffer()
-    peer.unpack(sd)
-    assert str(peer.get_owner()) == "S-1-22-1-1000"
-    assert str(peer.get_group()) == "S-1-22-2-100"
-    aces = peer.get_dacl()["aces"].get_value()
-    assert len(aces) == 1 and str(aces[0]["sid"]) == "S-1-1-0"
-    assert aces[0]["mask"].get_value() == 0x001F01FF
-
-
-def test_security_descriptor_honours_additional_information():
-    owner_only = security.build_security_descriptor(5, 6, 0x1)
-    _, _, control, o_owner, o_group, o_sacl, o_dacl = struct.unpack_from("<BBHIIII", owner_only)
-    assert control == 0x8000 and o_owner == 20 and o_group == o_sacl == o_dacl == 0
-    assert len(owner_only) == 20 + 16
-    sacl_only = security.build_security_descriptor(5, 6, 0x8)
-    assert sacl_only == struct.pack("<BBHIIII", 1, 0, 0x8000, 0, 0, 0, 0)
-    d = security.build_security_descriptor(5, 6, 0x4, is_dir=True)
-    assert struct.unpack_from("<BB", d, 20 + 8)[1] == 0x3  # OI|CI on the directory ACE
 
 
 @given(st.text(alphabet="ab*?.", max_size=8), st.text(alphabet="ab.", max_size=10))

@@ -7,10 +7,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from smbd.crypto import PreauthHash, SessionKeys
+from smbd.crypto import SessionKeys
 
 if TYPE_CHECKING:
-    from smbd.auth.spnego import SpnegoServer
     from smbd.vfs.posix import Share as VfsShare
 
     from .config import ShareConfig
@@ -54,7 +53,6 @@ class Session:
     session_id: int
     dialect: int
     state: SessionState = SessionState.IN_PROGRESS
-    auth: "SpnegoServer | None" = None
     user: str = ""
     domain: str = ""
     is_guest: bool = False
@@ -65,7 +63,6 @@ class Session:
     encrypt_data: bool = False
     cipher: int = 0
     signing_algorithm: int = 0
-    preauth: PreauthHash | None = None
     trees: dict[int, TreeConnect] = field(default_factory=dict)
     channels: dict[int, Channel] = field(default_factory=dict)  # id(connection) -> Channel
     client_guid: uuid.UUID | None = None

@@ -44,8 +44,6 @@ READ_ONLY_ACCESS = FILE_GENERIC_READ | FILE_GENERIC_EXECUTE
 # Channels per session: Windows allows 32 and answers INSUFFICIENT_RESOURCES beyond
 # (3.3.5.5.2 leaves the limit to the implementation; smbtorture multichannel num_channels).
 MAX_CHANNELS = 32
-# MS-ERREF 2.3.1; belongs in smbd.status.NtStatus (not yet there).
-STATUS_REQUEST_OUT_OF_SEQUENCE = 0xC000042A
 IPC_ACCESS = 0x001F01FF
 
 
@@ -204,7 +202,7 @@ def _check_bind(req: "Request", sid: int) -> Session:
     verified = bool(info.signing_key) and _verify(req, Signer(info.signing_key, info.signing_algorithm,
                                                              info.dialect))
     if info.signing_algorithm >= crypto.SIGNING_AES_GMAC and conn.signing_algorithm != info.signing_algorithm:
-        raise SmbError(STATUS_REQUEST_OUT_OF_SEQUENCE, "session signs with GMAC, this connection does not")
+        raise SmbError(NtStatus.REQUEST_OUT_OF_SEQUENCE, "session signs with GMAC, this connection does not")
     if conn.signing_algorithm >= crypto.SIGNING_AES_GMAC and info.signing_algorithm != conn.signing_algorithm:
         raise SmbError(NtStatus.NOT_SUPPORTED, "this connection signs with GMAC, the session does not")
     if conn.dialect < Dialect.SMB_3_0:
