@@ -2,7 +2,8 @@
 
 * ``lab``-marked tests boot the QEMU VM (deploy/lab/vm-run.sh via tests/lab/run.sh), run the
   in-VM tests of tests/lab there and fail unless every one of them passed.  They skip only when
-  the machine cannot run the VM at all (no qemu or no guest kernel image).
+  the machine cannot run the VM at all (no qemu or no guest kernel image).  On a kernel with
+  RDMA, vm-run.sh runs them natively instead (checked by running vm-run.sh inside the VM).
 * The other tests check smbdd.rdma.verbs pieces that need no RDMA: sysfs discovery on a fake
   tree, the ctypes mirror of the librdmacm/libibverbs ABI, and that importing it is lazy.
 """
@@ -23,7 +24,17 @@ KVER = os.environ.get("SMBDD_LAB_KVER", "6.1.0-56-amd64")
 KERNEL = Path(f"/boot/vmlinuz-{KVER}")
 
 
+def _native_lab() -> bool:
+    """vm-run.sh's own test: this kernel is the lab's and has soft-RoCE, so no VM is needed."""
+    if os.environ.get("SMBDD_LAB_NATIVE") in ("0", "1"):
+        return os.environ["SMBDD_LAB_NATIVE"] == "1"
+    return os.uname().release == KVER and subprocess.run(
+        ["modprobe", "-n", "-q", "rdma_rxe"], capture_output=True).returncode == 0
+
+
 def _require_vm():
+    if _native_lab():
+        return
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("lab VM unavailable: qemu-system-x86_64 not installed (apt: qemu-system-x86)")
     if not KERNEL.exists():
@@ -81,6 +92,32 @@ def test_vm_run_propagates_exit_status_without_a_terminal(tmp_path):
     assert proc.returncode == 7, proc.stdout[-3000:]
     assert (out / "mark").read_text().strip() == "inside"
     assert (out / "console.log").exists()
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(600)
+def test_vm_run_runs_natively_on_a_kernel_with_rdma(tmp_path):
+    """On a machine whose own kernel has RDMA (Debian's, with rdma_rxe) vm-run.sh runs CMD there,
+    with no VM. The lab VM is such a machine: vm-run.sh called inside it must take that path
+    (auto-detected), make rxe0 itself, hand back CMD's status and remove rxe0 and the veth pair
+    when done."""
+    _require_vm()
+    out = tmp_path / "vm"
+    env = dict(os.environ, SMBDD_LAB_OUT=str(out), SMBDD_LAB_NO_CIFS="1", SMBDD_LAB_PYTHON=sys.executable)
+    nested = ('SMBDD_LAB_OUT="$LAB_OUT/native" SMBDD_LAB_NO_CIFS=1 SMBDD_LAB_PYTHON="$LAB_PYTHON" '
+              '"$LAB_REPO/deploy/lab/vm-run.sh" '
+              "'test -e /sys/class/infiniband/rxe0 && echo native >\"$LAB_OUT/mark\"; exit 5'; "
+              'echo "nested exit $?" >"$LAB_OUT/mark"; '
+              'ip link show veth0 >/dev/null 2>&1 && echo "veth0 left behind" >>"$LAB_OUT/mark"; '
+              'rdma link show rxe0/1 >/dev/null 2>&1 && echo "rxe0 left behind" >>"$LAB_OUT/mark"; exit 0')
+    proc = subprocess.run([str(REPO / "deploy/lab/vm-run.sh"), nested], env=env, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=550,
+                          start_new_session=True)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert (out / "mark").read_text().strip() == "nested exit 5", proc.stdout[-3000:]
+    assert (out / "native" / "mark").read_text().strip() == "native"
+    timings = (out / "native" / "timings.txt").read_text()
+    assert "native_total_s" in timings and "vm_boot_s" not in timings, timings  # no VM inside the VM
 
 
 # ---- no RDMA needed ---------------------------------------------------------------------------

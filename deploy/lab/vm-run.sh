@@ -19,6 +19,9 @@
 #                      (vm-setup.sh loads it; starting a share is up to CMD)
 #   SMBDD_LAB_VERBOSE  1 to keep the guest kernel's messages (boot, oops, panic) in console.log:
 #                      vng --verbose (loglevel=7) instead of quiet; for a guest that dies silently
+#   SMBDD_LAB_NATIVE   auto (default): when the running kernel is SMBDD_LAB_KVER and has rdma_rxe,
+#                      run CMD on this machine, without a VM (vm-setup.sh's veth pair and rxe0
+#                      are made here and removed after); 1 forces that, 0 always boots the VM
 # Exit status: CMD's; 124 on timeout; 125 if the VM did not run CMD at all (boot failure);
 #   77 when the lab cannot run on this machine (no qemu, kernel image or vng).
 # Works with no terminal and no stdin (CI): vng gets </dev/null and runs in its own session.
@@ -41,11 +44,22 @@ PATH=$venv/bin:$PATH   # vng runs virtme-run from PATH
 export PATH
 
 log() { printf '[vm-run %s] %s\n' "$(date +%T)" "$*" >&2; }
+# A machine whose own kernel has RDMA runs the same CMD directly: the lab is only a way to get
+# Debian's kernel (with rdma_rxe) where the host kernel has no RDMA.
+native=${SMBDD_LAB_NATIVE:-auto}
+if [[ $native == auto ]]; then
+    native=0
+    if [[ $(uname -r) == "$kver" ]] && modprobe -n -q rdma_rxe 2>/dev/null; then
+        native=1
+    fi
+fi
 missing=()
-command -v qemu-system-x86_64 >/dev/null || missing+=("qemu-system-x86_64 (apt: qemu-system-x86)")
-[[ -r $kernel ]] || missing+=("$kernel (apt: linux-image-$kver)")
-command -v vng >/dev/null || missing+=("vng (pip: virtme-ng)")
-[[ -x /bin/busybox ]] || command -v busybox >/dev/null || missing+=("busybox (apt: busybox-static)")
+if [[ $native != 1 ]]; then
+    command -v qemu-system-x86_64 >/dev/null || missing+=("qemu-system-x86_64 (apt: qemu-system-x86)")
+    [[ -r $kernel ]] || missing+=("$kernel (apt: linux-image-$kver)")
+    command -v vng >/dev/null || missing+=("vng (pip: virtme-ng)")
+    [[ -x /bin/busybox ]] || command -v busybox >/dev/null || missing+=("busybox (apt: busybox-static)")
+fi
 if ((${#missing[@]})); then
     log "lab unavailable, missing: ${missing[*]}"
     exit 77
@@ -53,6 +67,7 @@ fi
 
 # One lab VM at a time: two emulated guests on a 2-core host starve each other past cifs.ko's
 # 30 s NEGOTIATE timeout, and the module builds share one cache.  A second caller waits.
+mkdir -p /run/lock
 exec 9>/run/lock/smbdd-lab.lock
 if ! flock -n 9; then
     log "another lab VM is running; waiting for it"
@@ -103,12 +118,31 @@ inner=$out/inner.sh
     echo 'set +e'
     printf 'bash -c %q\n' "$cmd"
     echo 'rc=$?'
+    if [[ $native == 1 ]]; then
+        # Leave this machine's network as it was: the lab's rxe0 and veth pair go.
+        echo 'rdma link delete rxe0 2>/dev/null; ip link delete veth0 2>/dev/null'
+    fi
     echo 'dmesg >"$LAB_OUT/dmesg.txt" 2>&1'
     echo 'echo "$rc" >"$LAB_OUT/exit-status"'
     echo 'exit $rc'
 } >"$inner"
 chmod +x "$inner"
 rm -f "$out/exit-status" "$out/timed-out"
+
+if [[ $native == 1 ]]; then
+    log "this kernel has RDMA: running CMD here, no VM (results in $out)"
+    tvm=$(date +%s.%N)
+    set +e
+    timeout -k 20 "${SMBDD_LAB_TIMEOUT:-1200}" bash "$inner" </dev/null >"$out/console.log" 2>&1
+    rc=$?
+    set -e
+    cat "$out/console.log" >&2
+    ((rc == 124)) && log "timed out"
+    echo "native_total_s $(awk -v a="$(date +%s.%N)" -v b="$tvm" 'BEGIN{printf "%.1f", a-b}')" >>"$out/timings.txt"
+    log "exit $rc; $(tr '\n' ' ' <"$out/timings.txt")"
+    echo "LAB_OUT=$out"
+    exit "$rc"
+fi
 
 log "booting $kernel (results in $out)"
 tvm=$(date +%s.%N)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs INSIDE the lab VM (as root) before the test command: soft-RoCE on a private veth pair and
-# the SMB Direct cifs.ko.  Nothing here touches a real network: the VM has no NIC, and the veth
-# pair lives only in the VM.  Facts behind each step: shared/LAB.md.
+# Runs INSIDE the lab VM (as root) before the test command, or on the machine itself when its
+# kernel has RDMA (vm-run.sh's native mode): soft-RoCE on a private veth pair and the SMB Direct
+# cifs.ko.  Nothing here touches a real network: the veth pair is private, and the VM has no NIC.
+# Facts behind each step: shared/LAB.md.
 #
 # Environment: LAB_CIFS_KO / LAB_KSMBD_KO = the SMB Direct cifs.ko / ksmbd.ko to load (each
 # optional: skipped if unset).
@@ -31,6 +32,10 @@ log "rdma: $(rdma link show rxe0/1 2>&1)"
 if [[ -n ${LAB_CIFS_KO:-} ]]; then
     # cifs.ko's dependencies come from the stock kernel; the SMB Direct build replaces only cifs.
     modprobe -a ib_core rdma_cm fscache cifs_md4 cifs_arc4 dns_resolver
+    # Natively (vm-run.sh without a VM) the stock cifs may be loaded: swap it out if unused.
+    if grep -q '^cifs ' /proc/modules && ! grep -qs SMB_DIRECT /proc/fs/cifs/DebugData; then
+        rmmod cifs 2>/dev/null || log "WARNING: a cifs module without SMB Direct is loaded and in use"
+    fi
     if ! grep -q '^cifs ' /proc/modules; then
         insmod "$LAB_CIFS_KO"
     fi
