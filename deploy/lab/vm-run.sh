@@ -20,8 +20,11 @@
 #   SMBDD_LAB_VERBOSE  1 to keep the guest kernel's messages (boot, oops, panic) in console.log:
 #                      vng --verbose (loglevel=7) instead of quiet; for a guest that dies silently
 #   SMBDD_LAB_NATIVE   auto (default): when the running kernel is SMBDD_LAB_KVER and has rdma_rxe,
-#                      run CMD on this machine, without a VM (vm-setup.sh's veth pair and rxe0
-#                      are made here and removed after); 1 forces that, 0 always boots the VM
+#                      run CMD on this machine, without a VM; 1 forces that, 0 always boots the VM.
+#                      vm-setup.sh's private veth pair and rxe0 stay for the next run: deleting
+#                      rxe0 blocks while a kernel SMB Direct client (cifs.ko) still holds an id on
+#                      it, as one does after the failure tests ("rdma link delete rxe0; ip link
+#                      delete veth0" removes them once nothing uses them)
 # Exit status: CMD's; 124 on timeout; 125 if the VM did not run CMD at all (boot failure);
 #   77 when the lab cannot run on this machine (no qemu, kernel image or vng).
 # Works with no terminal and no stdin (CI): vng gets </dev/null and runs in its own session.
@@ -118,10 +121,6 @@ inner=$out/inner.sh
     echo 'set +e'
     printf 'bash -c %q\n' "$cmd"
     echo 'rc=$?'
-    if [[ $native == 1 ]]; then
-        # Leave this machine's network as it was: the lab's rxe0 and veth pair go.
-        echo 'rdma link delete rxe0 2>/dev/null; ip link delete veth0 2>/dev/null'
-    fi
     echo 'dmesg >"$LAB_OUT/dmesg.txt" 2>&1'
     echo 'echo "$rc" >"$LAB_OUT/exit-status"'
     echo 'exit $rc'
