@@ -173,6 +173,14 @@ def server(tmp_path_factory):
     srv.stop()
 
 
+@pytest.fixture
+def two_user_server(tmp_path):
+    """smbdd with a second user, bob, beside the test client's own."""
+    srv = Smbdd(tmp_path, "--user", "bob:other-pw")
+    yield srv
+    srv.stop()
+
+
 def _client(server, guid=None) -> SigningClient:
     return SigningClient("127.0.0.1", server.port, client_guid=guid)
 
@@ -256,18 +264,14 @@ def test_bind_refusals(server):
         assert c1.call_signed(0x000D, echo_body()).status == STATUS_SUCCESS
 
 
-def test_bind_as_another_user_is_refused(tmp_path):
-    srv = Smbdd(tmp_path, "--user", "bob:other-pw")
-    try:
-        guid = uuid.uuid4()
-        with _client(srv, guid) as c1, _client(srv, guid) as c2:
-            c1.connect().login(share="data")
-            c2.connect()
-            r, _, _ = _bind(c1, c2, user="bob", password="other-pw")
-            assert r.status == STATUS_ACCESS_DENIED
-            assert c1.call_signed(0x000D, echo_body()).status == STATUS_SUCCESS
-    finally:
-        srv.stop()
+def test_bind_as_another_user_is_refused(two_user_server):
+    guid = uuid.uuid4()
+    with _client(two_user_server, guid) as c1, _client(two_user_server, guid) as c2:
+        c1.connect().login(share="data")
+        c2.connect()
+        r, _, _ = _bind(c1, c2, user="bob", password="other-pw")
+        assert r.status == STATUS_ACCESS_DENIED
+        assert c1.call_signed(0x000D, echo_body()).status == STATUS_SUCCESS
 
 
 def test_reauthentication_keeps_session_keys_and_opens(server):
@@ -304,18 +308,14 @@ def test_previous_session_id_logs_off_the_old_session(server):
         assert old.recv_final().status == STATUS_USER_SESSION_DELETED
 
 
-def test_previous_session_of_another_user_survives(tmp_path):
-    srv = Smbdd(tmp_path, "--user", "bob:other-pw")
+def test_previous_session_of_another_user_survives(two_user_server):
     guid = uuid.uuid4()
-    try:
-        with _client(srv, guid) as old, _client(srv, guid) as new:
-            old.connect().login(share="data")
-            new.connect()
-            r, _, _ = new.setup("bob", "other-pw", previous=old.session_id)
-            assert r.status == STATUS_SUCCESS
-            assert old.call_signed(0x000D, echo_body()).status == STATUS_SUCCESS
-    finally:
-        srv.stop()
+    with _client(two_user_server, guid) as old, _client(two_user_server, guid) as new:
+        old.connect().login(share="data")
+        new.connect()
+        r, _, _ = new.setup("bob", "other-pw", previous=old.session_id)
+        assert r.status == STATUS_SUCCESS
+        assert old.call_signed(0x000D, echo_body()).status == STATUS_SUCCESS
 
 
 def test_hmac_sha256_signing_in_311(server):

@@ -37,7 +37,8 @@ from smbd.wire.create import Disposition
 from smbd.wire.lease import (LeaseBreakAck, LeaseFlags, LeaseRequest, LeaseState, lease_break_notification,
                              lease_break_response, lease_response_context)
 
-from .oplocks import BREAK_ACK_TIMEOUT, drop_lease, is_writable_fd, lease_state, take_lease
+from .oplocks import (BREAK_ACK_TIMEOUT, drop_lease, is_writable_fd, lease_state, own_connection, send_break,
+                       session_connection, take_lease)
 
 if TYPE_CHECKING:
     from .connection import Request
@@ -418,14 +419,11 @@ class LeaseManager:
         if conn is None:
             log.info("lease %s: no connection to send a break on", lease.key.hex())
             return
-        session = op.session
-        encrypt = bool(session.encrypt_data or (op.tree is not None and op.tree.encrypt))
         message = lease_break_notification(lease.key, current, new,
                                            epoch=lease.epoch if lease.version == 2 else 0,
                                            ack_required=ack_required)
         log.debug("lease %s: break 0x%x -> 0x%x sent", lease.key.hex(), current, new)
-        task = asyncio.get_running_loop().create_task(conn.send_unsolicited(message, session, encrypt))
-        task.add_done_callback(_log_send_failure)
+        send_break(asyncio.get_running_loop(), conn, op, message, "lease")
 
     def _ack_timed_out(self, lease: Lease) -> None:
         """3.3.2.5 Lease Break Acknowledgment Timer: unacknowledged, the lease is gone (NONE)."""
@@ -512,22 +510,15 @@ class LeaseManager:
 
 
 def _channel_for(lease: Lease) -> Any:
-    for op in lease.opens:
-        conn = op.connection
-        if conn is not None and not conn.closed and not op.disconnected:
-            return conn
-    for op in lease.opens:
-        if op.disconnected:
-            continue
-        for channel in op.session.channels.values():
-            if not channel.connection.closed:
-                return channel.connection
+    """The connection to send a lease break on: one of its Opens' own, else any live channel
+    of their sessions. Opens kept for a durable reconnect have none."""
+    live = [op for op in lease.opens if not op.disconnected]
+    for find in (own_connection, session_connection):
+        for op in live:
+            conn = find(op)
+            if conn is not None:
+                return conn
     return None
-
-
-def _log_send_failure(task: asyncio.Task) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.info("lease break notification not sent: %s", task.exception())
 
 
 __all__ = ["Lease", "LeaseManager", "LeaseRequest", "LeaseBreakAck", "lease_manager", "grantable"]

@@ -35,6 +35,7 @@ import asyncio
 import ctypes
 import errno
 import fcntl
+import functools
 import logging
 import os
 import signal
@@ -321,12 +322,8 @@ class OplockManager:
         if conn is None:
             log.info("%s: no connection to send an oplock break on", op.display_name)
             return
-        session = op.session
-        encrypt = bool(session.encrypt_data or (op.tree is not None and op.tree.encrypt))
         log.debug("%s: oplock break to 0x%02x sent", op.display_name, level)
-        task = self._loop.create_task(conn.send_unsolicited(
-            oplock_break_notification(level, op.file_id), session, encrypt))
-        task.add_done_callback(_log_send_failure)
+        send_break(self._loop, conn, op, oplock_break_notification(level, op.file_id), "oplock")
 
     def _ack_timed_out(self, grant: Grant) -> None:
         """3.3.2.1: no acknowledgment in time: the oplock is broken to none regardless."""
@@ -395,17 +392,35 @@ def _has_data_access(access: int) -> bool:
     return bool(access & (0x1 | 0x2 | 0x4 | 0x20))
 
 
-def _channel_for(op: "Open") -> Any:
-    """The connection to send a break on: the Open's own, else any live channel of its session."""
+def own_connection(op: "Open") -> Any:
+    """The connection the Open was made on, if it is still up."""
     conn = op.connection
-    if conn is not None and not conn.closed:
-        return conn
+    return conn if conn is not None and not conn.closed else None
+
+
+def session_connection(op: "Open") -> Any:
+    """Any live channel of the Open's session (3.3.4.6/3.3.4.7: a break may go on any)."""
     for channel in op.session.channels.values():
         if not channel.connection.closed:
             return channel.connection
     return None
 
 
-def _log_send_failure(task: asyncio.Task) -> None:
+def _channel_for(op: "Open") -> Any:
+    """The connection to send a break on: the Open's own, else any live channel of its session."""
+    conn = own_connection(op)
+    return conn if conn is not None else session_connection(op)
+
+
+def send_break(loop: asyncio.AbstractEventLoop, conn: Any, op: "Open", message: bytes, what: str) -> None:
+    """Send an oplock or lease break notification on ``conn`` in the background, encrypted
+    when the Open's session or tree requires it; a failed send is logged, not raised."""
+    session = op.session
+    encrypt = bool(session.encrypt_data or (op.tree is not None and op.tree.encrypt))
+    task = loop.create_task(conn.send_unsolicited(message, session, encrypt))
+    task.add_done_callback(functools.partial(_log_send_failure, what))
+
+
+def _log_send_failure(what: str, task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.info("oplock break notification not sent: %s", task.exception())
+        log.info("%s break notification not sent: %s", what, task.exception())
