@@ -41,6 +41,13 @@ def _require_vm():
         pytest.skip(f"lab VM unavailable: no guest kernel {KERNEL} (apt: linux-image-{KVER})")
 
 
+def _head(path: Path, limit: int) -> str:
+    if not path.exists():
+        return ""
+    text = path.read_text(errors="replace")
+    return f"--- {path.name}\n" + (text if len(text) <= limit else text[:limit] + "\n[...]\n")
+
+
 def _report(capsys, text):
     with capsys.disabled():
         print("\n" + text)
@@ -55,7 +62,10 @@ def test_lab_vm_runs_in_vm_tests(tmp_path, capsys):
     proc = subprocess.run([str(REPO / "tests/lab/run.sh")], env=env, stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=1700)
-    log_tail = proc.stdout[-6000:]
+    # What the in-VM conftest recorded as it went comes first: the end of the console log only
+    # shows which test was running when something went wrong.
+    diag = "".join(_head(out / name, 5000) for name in ("kernel-oops.txt", "failures.txt"))
+    log_tail = diag + proc.stdout[-4000:]
     junit = out / "junit.xml"
     assert junit.exists(), f"in-VM pytest produced no report (exit {proc.returncode}):\n{log_tail}"
     suite = ET.parse(junit).getroot()

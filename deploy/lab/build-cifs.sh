@@ -135,6 +135,38 @@ if "#include <linux/vmalloc.h>" not in src:
 open(path, "w").write(src)
 PY
 lab_log "patched smbd_post_send_data() for kvecs outside the linear map"
+# Linux 6.1's smbd_destroy() waits for the DISCONNECTED event with wait_event_interruptible(),
+# but it runs in the cifsd thread, which cifs_put_tcp_session() has just sent SIGKILL: the wait
+# returns at once and the transport can still read SMBD_CONNECTED. ib_drain_qp() then flushes
+# the posted receives, each flush queues post_send_credits_work again (after the
+# cancel_work_sync() meant to stop it), and that work, seeing "connected", posts a receive on
+# the QP that rdma_destroy_qp() has just freed. Seen in the lab on a plain umount, about one
+# run in two under CI load:
+#   BUG: kernel NULL pointer dereference ... Workqueue: smbd_... smbd_post_send_credits [cifs]
+#   RIP: smbd_post_recv
+# after which every later mount hangs. Upstream fixed it in 2025 ("smb: client: let
+# smbd_destroy() call disable_work_sync(&info->post_send_credits_work)", also found on rxe);
+# 6.1 has no disable_work_sync(), so the lab marks the transport as going down before the
+# cancel, which makes every later run of the work return without posting.
+python3 - "$smbdirect" <<'PY'
+import sys
+path = sys.argv[1]
+src = open(path).read()
+old = """	log_rdma_event(INFO, "cancelling post_send_credits_work\\n");
+	cancel_work_sync(&info->post_send_credits_work);
+"""
+new = """	/* lab patch: a killed waiter leaves the status "connected"; no receive may be posted
+	 * from here on, and smbd_post_send_credits() posts only while connected. */
+	if (info->transport_status == SMBD_CONNECTED)
+		info->transport_status = SMBD_DISCONNECTING;
+	log_rdma_event(INFO, "cancelling post_send_credits_work\\n");
+	cancel_work_sync(&info->post_send_credits_work);
+"""
+if src.count(old) != 1:
+    sys.exit("smbd_destroy() cancel of post_send_credits_work not found as expected: update build-cifs.sh")
+open(path, "w").write(src.replace(old, new))
+PY
+lab_log "patched smbd_destroy() so no receive is posted after the QP is gone"
 lab_make_objtree "$work"
 lab_log "building cifs.ko (SMB Direct) against $LAB_HEADERS"
 # CONFIG_CIFS_SMB_DIRECT=y selects smbdirect.o in the Makefile; the -D makes the #ifdefs in the

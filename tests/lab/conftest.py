@@ -1,14 +1,26 @@
 """In-VM lab tests: they need the soft-RoCE device set up by deploy/lab/vm-setup.sh.
 
 On any other machine they skip (run them through tests/lab/run.sh or tests/test_lab.py).
+
+Two records go to $LAB_OUT as the run goes, for the host to report even when the VM is killed
+before pytest writes its JUnit file: failures.txt (each failed test's report, when it fails)
+and kernel-oops.txt (the guest kernel's BUG/Oops/panic lines, with the test during which they
+appeared). A test during which the guest kernel oopsed is failed: whatever it saw afterwards,
+and everything that runs later, is running on a broken kernel.
 """
 import json
 import os
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
 IN_LAB = Path("/sys/class/infiniband/rxe0").exists()
+LAB_OUT = os.environ.get("LAB_OUT")
+# What a kernel prints when it has hit a bug, not a warning: after these, results mean nothing.
+KERNEL_BUG = re.compile(r"BUG: |Oops: |general protection fault|Kernel panic|kernel BUG at")
+STAMP = re.compile(r"^\[\s*(\d+\.\d+)\]")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -21,14 +33,45 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+def _append(name: str, text: str) -> None:
+    if LAB_OUT:
+        with open(Path(LAB_OUT) / name, "a") as f:
+            f.write(text)
+
+
+def pytest_runtest_logreport(report):
+    if report.failed:
+        _append("failures.txt", f"== {report.nodeid} ({report.when})\n{report.longreprtext[-4000:]}\n\n")
+
+
+def _kernel_log() -> list[tuple[float, str]]:
+    r = subprocess.run(["dmesg"], capture_output=True, text=True)
+    return [(float(m.group(1)), line) for line in r.stdout.splitlines() if (m := STAMP.match(line))]
+
+
+@pytest.fixture(autouse=True)
+def guest_kernel_stays_sane(request):
+    if not IN_LAB:
+        yield
+        return
+    before = _kernel_log()
+    since = before[-1][0] if before else -1.0
+    yield
+    new = [(t, line) for t, line in _kernel_log() if t > since]
+    hit = next((i for i, (_, line) in enumerate(new) if KERNEL_BUG.search(line)), None)
+    if hit is not None:
+        trace = "\n".join(line for _, line in new[max(0, hit - 3):hit + 30])
+        _append("kernel-oops.txt", f"== during {request.node.nodeid}\n{trace}\n\n")
+        pytest.fail(f"the guest kernel hit a bug during this test:\n{trace}", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def lab_results():
     """A dict saved as $LAB_OUT/lab-results.json at the end (the host test reports it)."""
     results: dict = {}
     yield results
-    out = os.environ.get("LAB_OUT")
-    if out:
-        path = Path(out) / "lab-results.json"
+    if LAB_OUT:
+        path = Path(LAB_OUT) / "lab-results.json"
         old = json.loads(path.read_text()) if path.exists() else {}
         old.update(results)
         path.write_text(json.dumps(old, indent=2, sort_keys=True))
