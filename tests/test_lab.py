@@ -205,3 +205,39 @@ def test_import_is_lazy():
     code = "import sys, smbdd.rdma.verbs; print('pyverbs' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "False"
+
+
+def _lab_conftest():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("lab_conftest", REPO / "tests/lab/conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The guest's log from a CI run that failed (trimmed): a warning cifs.ko 6.1 prints on every
+# umount, then the NULL dereference that build-cifs.sh now patches away.
+_GUEST_DMESG = """\
+[  101.957877] ------------[ cut here ]------------
+[  101.957981] failed to drain recv queue: -12
+[  101.958564] WARNING: CPU: 0 PID: 332 at drivers/infiniband/core/verbs.c:2824 __ib_drain_rq+0x1be/0x1d0 [ib_core]
+[  101.963676] ---[ end trace 0000000000000000 ]---
+[  200.359622] CIFS: VFS: RDMA transport established
+[  201.088780] BUG: kernel NULL pointer dereference, address: 0000000000000000
+[  201.089727] Oops: 0000 [#1] PREEMPT SMP NOPTI
+[  201.090060] Workqueue: smbd_000000002ac6cc08 smbd_post_send_credits [cifs]
+[  201.090318] RIP: 0010:smbd_post_recv+0x13e/0x250 [cifs]
+[  212.379110] CIFS: Attempting to mount \\\\10.77.0.1\\data
+"""
+
+
+def test_lab_kernel_bug_check_sees_oopses_not_warnings():
+    """The in-VM conftest fails a test during which the guest kernel oopsed: a bug logged after
+    the test began counts, with the lines around it; warnings and older bugs do not."""
+    lab = _lab_conftest()
+    assert lab.last_stamp(_GUEST_DMESG) == 212.379110
+    assert lab.last_stamp("no stamps\n") == -1.0
+    assert lab.kernel_bug_since(_GUEST_DMESG, 100.0).splitlines()[3].startswith("[  201.088780] BUG: kernel NULL")
+    assert "smbd_post_recv" in lab.kernel_bug_since(_GUEST_DMESG, 100.0)
+    assert lab.kernel_bug_since(_GUEST_DMESG.split("[  200.")[0], 100.0) is None  # the warning alone
+    assert lab.kernel_bug_since(_GUEST_DMESG, 201.5) is None  # logged before the test began
