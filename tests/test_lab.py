@@ -215,8 +215,9 @@ def _lab_conftest():
     return module
 
 
-# The guest's log from a CI run that failed (trimmed): a warning cifs.ko 6.1 prints on every
-# umount, then the NULL dereference that build-cifs.sh now patches away.
+# The guest's log from a lab run that failed (trimmed): a warning of the unpatched cifs.ko 6.1
+# at umount (its receive queue refilled after the flush), then the NULL dereference that
+# build-cifs.sh now patches away.
 _GUEST_DMESG = """\
 [  101.957877] ------------[ cut here ]------------
 [  101.957981] failed to drain recv queue: -12

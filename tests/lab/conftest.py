@@ -52,8 +52,8 @@ def last_stamp(dmesg: str) -> float:
 
 def kernel_bug_since(dmesg: str, since: float) -> str | None:
     """The first bug report logged after ``since``, with the lines around it; None if none.
-    Warnings do not count: 6.1's cifs.ko warns on every umount that it could not drain its
-    receive queue (it sizes the queue with no room for the drain's marker)."""
+    Warnings do not count: they leave a working kernel (unpatched, 6.1's cifs.ko warned at
+    umount that it could not drain its receive queue, on the way to the bug that followed)."""
     new = [line for line in dmesg.splitlines() if (m := STAMP.match(line)) and float(m.group(1)) > since]
     hit = next((i for i, line in enumerate(new) if KERNEL_BUG.search(line)), None)
     return None if hit is None else "\n".join(new[max(0, hit - 3):hit + 30])
