@@ -5,8 +5,8 @@ On any other machine they skip (run them through tests/lab/run.sh or tests/test_
 Two records go to $LAB_OUT as the run goes, for the host to report even when the VM is killed
 before pytest writes its JUnit file: failures.txt (each failed test's report, when it fails)
 and kernel-oops.txt (the guest kernel's BUG/Oops/panic lines, with the test during which they
-appeared). A test during which the guest kernel oopsed is failed: whatever it saw afterwards,
-and everything that runs later, is running on a broken kernel.
+appeared). A test during which the guest kernel oopsed is failed and the run stops there:
+whatever it saw afterwards, and everything that would run later, runs on a broken kernel.
 """
 import json
 import os
@@ -73,6 +73,9 @@ def guest_kernel_stays_sane(request):
     trace = kernel_bug_since(_dmesg(), since)
     if trace is not None:
         _append("kernel-oops.txt", f"== during {request.node.nodeid}\n{trace}\n\n")
+        # Every later test would run on the broken kernel, each until its timeout: stop here,
+        # so the run ends in minutes with its report rather than at the VM's time limit.
+        request.session.shouldstop = "the guest kernel hit a bug"
         pytest.fail(f"the guest kernel hit a bug during this test:\n{trace}", pytrace=False)
 
 
