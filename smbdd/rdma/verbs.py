@@ -1,7 +1,7 @@
 """A small non-blocking RDMA layer for an asyncio proxy: rdma_cm listen/accept and RC queue pairs.
 
-This module and its helper ``poster.py`` are the only parts of smbdd that talk to RDMA.  It is
-written for an event loop: nothing here ever blocks.  Every object exposes file descriptors for ``loop.add_reader``; the matching ``poll*``
+This is the one module of smbdd that talks to RDMA.  It is written for an event loop: nothing here
+ever blocks.  Every object exposes file descriptors for ``loop.add_reader``; the matching ``poll*``
 method is then called and returns what is ready without waiting.
 
 Why this shape (facts checked against rdma-core v44, Debian 12, see shared/LAB.md):
@@ -23,9 +23,6 @@ Why this shape (facts checked against rdma-core v44, Debian 12, see shared/LAB.m
   registration of the shared-memory pool serves every connection of the device; the QP is moved
   through INIT/RTR/RTS with the attributes ``rdma_init_qp_attr`` computes, then ``rdma_accept``
   tells the peer its number — what the kernel does for its own passive side (``cma_accept_ib``).
-* Send-queue posts (sends, RDMA reads and writes) go to the poster thread of ``poster.py``, which
-  calls the provider's ``post_send`` with the GIL released: on rxe the call lasts as long as the
-  transfer. Receives and completion polling stay here, on the loop.
 * ``ibv_send_wr.imm_data`` and ``invalidate_rkey`` share a union; pyverbs v44 has no setter for
   the latter, so SEND_WITH_INV stores the rkey through ``imm_data`` (host order, no byte swap).
 
