@@ -46,8 +46,6 @@ from enum import Enum, IntEnum
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import poster
-
 __all__ = [
     "IB_ROCE_PORT", "IWARP_PORT", "DeviceInfo", "list_devices", "describe_device",
     "RdmaError", "Device", "MemoryRegion", "register", "ConnectRequest", "Listener",
@@ -766,8 +764,6 @@ class Endpoint:
         self.state = EndpointState.CREATED
         self.error: str | None = None
         self._comp_channel = self._cq = self._qp = None
-        self._raw_post: poster.RawPost | None = None
-        self._posting = False
         try:
             ctx = self.device.context
             self._comp_channel, self.cq_fd = _create_comp_channel(pv, ctx)
@@ -780,10 +776,6 @@ class Endpoint:
             self._qp = pv.qp.QP(self.device.pd, init)
             self.qp_num = self._qp.qp_num
             self._send_sge, self._send_wr = _reusable_send_wr(pv)
-            # Sends go through the poster thread where pyverbs' layout allows (poster.py):
-            # an RDMA transfer then no longer holds the event loop for its whole length.
-            self._raw_post = poster.raw_post_send(self._qp)
-            self._posting = True
             self._recv_wrs: dict[int, tuple[tuple[int, int, int], Any]] = {}
             # INIT now, so receives can be posted before accept, as they must be: the peer may
             # send as soon as it sees our accept.  RTR/RTS happen in accept().
@@ -937,22 +929,11 @@ class Endpoint:
 
     def _post_one(self, wr_id: int, opcode: int, addr: int, length: int, lkey: int, what: str, *,
                   imm_data: int = 0, remote: tuple[int, int] | None = None) -> None:
-        """Post one send-queue work request: handed to the poster thread when this endpoint
-        has one (a failure then shows as flushed completions), else made here through the
-        endpoint's one reusable pyverbs work request (ibv_post_send copies it into the send
-        queue, so it is free again when the call returns)."""
+        """Fill the endpoint's one reusable send work request and post it (ibv_post_send
+        copies it into the send queue, so it is free again when the call returns)."""
+        pv = _pyverbs()
         if self._qp is None:
             raise RdmaError(errno.ENOTCONN, f"{what} on a closed endpoint")
-        if self._raw_post is not None:
-            sge = poster.IbvSge(addr, length, lkey)
-            wr = poster.IbvSendWr(wr_id=wr_id, opcode=opcode, send_flags=poster.IBV_SEND_SIGNALED,
-                                  imm_data=imm_data, num_sge=1 if length else 0)
-            wr.sg_list = ctypes.pointer(sge)
-            if remote is not None:
-                wr.remote_addr, wr.rkey = remote
-            poster.poster().submit(self._raw_post, wr, sge, self._post_failed, what, self._accepts_posts)
-            return
-        pv = _pyverbs()
         sge, wr = self._send_sge, self._send_wr
         sge.addr, sge.length, sge.lkey = addr, length, lkey
         wr.wr_id, wr.opcode, wr.imm_data = wr_id, opcode, imm_data
@@ -963,20 +944,6 @@ class Endpoint:
             self._qp.post_send(wr)
         except pv.Error as exc:
             raise _wrap(exc, what) from exc
-
-    @property
-    def posts_off_loop(self) -> bool:
-        """True when this endpoint's sends go through the poster thread (see poster.py)."""
-        return self._raw_post is not None
-
-    def _accepts_posts(self) -> bool:
-        return self._posting
-
-    def _post_failed(self, err: int, what: str) -> None:
-        """On the poster thread: a post was refused. Every request already posted completes as
-        flushed once the QP is in error, which is how the owner learns the connection is done."""
-        log.warning("%s: %s failed: %s", self.peer_address, what, os.strerror(err))
-        self._qp_to_error()
 
     def post_send(self, wr_id: int, addr: int, length: int, lkey: int, *,
                   invalidate_rkey: int | None = None) -> None:
@@ -1059,12 +1026,6 @@ class Endpoint:
         if self._id:
             self.disconnect()
         if self._qp is not None:
-            if self._raw_post is not None:
-                # The poster must be done with this QP before it is freed: stop new posts,
-                # then wait out the ones queued before (each at most one transfer).
-                self._posting = False
-                if not poster.poster().fence():
-                    log.error("%s: the RDMA poster did not finish in time; closing anyway", self.peer_address)
             self._qp.close()
             self._qp = None
         if self._cq is not None:
