@@ -263,6 +263,27 @@ class ServerState:
             return n
         return n + await self.io(vfs.pread_into, fd, buf[n:], offset + n)
 
+    def only_request_in_flight(self) -> bool:
+        """True when the caller's request is the one thing this worker is handling: no other
+        request of any of its connections, so nothing else waits for the event loop."""
+        return sum(len(c.tasks) for c in self.connections) <= 1
+
+    async def write_from(self, vfs: "VfsShare", fd: int, data: memoryview, offset: int,
+                         write_through: bool) -> int:
+        """Write all of ``data``: on the event loop when this is the worker's only request,
+        else on a helper thread.
+
+        A buffered write is a copy into the page cache; the hand-off to a helper thread and
+        back costs two thread wake-ups, about a millisecond each under the lab's emulation,
+        and a fifth of a 1 MiB WRITE's time over SMB Direct there. Unlike reads there is no
+        RWF_NOWAIT to tell whether it would block (ext4 refuses it for buffered writes), so
+        a write runs on the loop only when nothing else waits for the loop: then a write that
+        does block (dirty-page throttling) delays no one but its own reply. Write-through
+        waits for the disk by definition and always goes to a thread."""
+        if not write_through and self.only_request_in_flight():
+            return vfs.pwrite(fd, data, offset)
+        return await self.io(_pwrite_all, vfs, fd, data, offset, write_through)
+
     def connection_lost(self, conn: "SmbConnection") -> None:
         """Drop the channel; sessions with no channel left lose their trees and opens (3.3.7.1).
 
@@ -310,3 +331,10 @@ def filetime_now() -> int:
 
 def pid() -> int:
     return os.getpid()
+
+
+def _pwrite_all(vfs: "VfsShare", fd: int, data: memoryview, offset: int, write_through: bool) -> int:
+    n = vfs.pwrite(fd, data, offset)
+    if write_through:
+        os.fdatasync(fd)
+    return n

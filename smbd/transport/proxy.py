@@ -335,10 +335,9 @@ class RdmaChannel:
             if status != 0 or moved != length:
                 raise SmbError(NtStatus.IO_TIMEOUT if status else NtStatus.INVALID_PARAMETER, "RDMA read failed")
             view = self.pool.slot_view(slot)[:length]
-            from smbd.server.handlers.files import _pwrite_all
             with translate_oserror():
-                n = await req.server.io(_pwrite_all, op.tree.vfs, op.fd, view, offset,
-                                        bool(wr.flags & fileio.WRITEFLAG_WRITE_THROUGH))
+                n = await req.server.write_from(op.tree.vfs, op.fd, view, offset,
+                                                bool(wr.flags & fileio.WRITEFLAG_WRITE_THROUGH))
             del view
         finally:
             self._give_back(slot)

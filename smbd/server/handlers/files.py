@@ -553,18 +553,9 @@ async def handle_write(req: "Request") -> bytes:
         n = await rdma.write_from_client(req, op, wr, offset)
     else:
         with translate_oserror():
-            n = await req.server.io(_pwrite_all, op.tree.vfs, op.fd, wr.data, offset,
-                                    bool(wr.flags & fileio.WRITEFLAG_WRITE_THROUGH))
+            n = await req.server.write_from(op.tree.vfs, op.fd, wr.data, offset,
+                                            bool(wr.flags & fileio.WRITEFLAG_WRITE_THROUGH))
     return fileio.write_response(n)
-
-
-def _pwrite_all(vfs, fd: int, data: memoryview, offset: int, write_through: bool) -> int:
-    done = 0
-    while done < len(data):
-        done += vfs.pwrite(fd, data[done:], offset + done)
-    if write_through:
-        os.fdatasync(fd)
-    return done
 
 
 async def handle_oplock_break(req: "Request") -> bytes:
