@@ -275,8 +275,8 @@ class ServerState:
 
         A buffered write is a copy into the page cache; the hand-off to a helper thread and
         back costs two thread wake-ups and two passes of the GIL. In the lab (emulated CPU,
-        SMB Direct) that was about 12 ms of a 1 MiB WRITE's 56 ms: dd went from 17.8 to
-        22.8 MiB/s when the write moved onto the loop. Unlike reads there is no
+        SMB Direct) that was about 13 ms of a 1 MiB WRITE's 59 ms: dd went from 17.8 to
+        22.8 MB/s when the write moved onto the loop. Unlike reads there is no
         RWF_NOWAIT to tell whether it would block (ext4 refuses it for buffered writes), so
         a write runs on the loop only when nothing else waits for the loop: then a write that
         does block (dirty-page throttling) delays no one but its own reply. Write-through
