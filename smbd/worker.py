@@ -2,7 +2,9 @@
 
 smbdd starts it with one end of a SOCK_SEQPACKET pair (see smbd.control) and passes it
 connected TCP sockets, or Unix sockets on which the RDMA proxy relays an SMB Direct
-connection. Disk I/O runs on a small thread pool; the event loop only does protocol work.
+connection. I/O that may wait for a disk runs on a small thread pool. The event loop does the
+protocol work, reads from the page cache, and a buffered write when that write is the worker's
+only request (ServerState.read_into, write_from).
 """
 from __future__ import annotations
 
