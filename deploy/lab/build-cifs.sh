@@ -37,17 +37,11 @@ lab_extract "$work" fs/smb fs/internal.h scripts/asn1_compiler.c
 # signature or AEAD tag, so nothing corrupt is stored). Later kernels rewrote this loop; the
 # lab bounds the piece by the page so that signed and sealed SMB Direct I/O can be tested.
 smbdirect="$work/src/fs/smb/client/smbdirect.c"
-python3 - "$smbdirect" <<'PY'
-import sys
-path = sys.argv[1]
-src = open(path).read()
-old = "size = min_t(unsigned int, max_iov_size, remaining_data_length);"
-new = ("size = min_t(unsigned int, min_t(unsigned int, max_iov_size, buflen - j * max_iov_size), "
-       "remaining_data_length);")
-if src.count(old) != 1:
-    sys.exit("smbd_send() page loop not found as expected in smbdirect.c: update build-cifs.sh")
-open(path, "w").write(src.replace(old, new))
-PY
+lab_replace_once "$smbdirect" "smbd_send() page loop" <<'PATCH'
+size = min_t(unsigned int, max_iov_size, remaining_data_length);
+--- becomes ---
+size = min_t(unsigned int, min_t(unsigned int, max_iov_size, buflen - j * max_iov_size), remaining_data_length);
+PATCH
 lab_log "patched smbd_send() page-piece bound"
 # Linux 6.1's smbd_post_send_data() turns each kvec of a request into a scatterlist entry with
 # sg_set_buf(), i.e. virt_to_page(), which is only valid for linear-map (kmalloc) addresses. A
@@ -62,14 +56,11 @@ lab_log "patched smbd_send() page-piece bound"
 #   <- copy_data <- rxe_requester; Kernel panic - not syncing: Fatal exception in interrupt
 # Linux 6.3 replaced this code with an iov_iter walk that maps vmalloc/module addresses with
 # vmalloc_to_page(), page by page; the lab does the same here.
-python3 - "$smbdirect" <<'PY'
-import sys
-path = sys.argv[1]
-src = open(path).read()
-old = """	struct scatterlist sgl[SMBDIRECT_MAX_SEND_SGE - 1];
+lab_replace_once "$smbdirect" "smbd_post_send_data() sg loop" <<'PATCH'
+	struct scatterlist sgl[SMBDIRECT_MAX_SEND_SGE - 1];
 
 	if (n_vec > SMBDIRECT_MAX_SEND_SGE - 1) {
-		cifs_dbg(VFS, "Can't fit data to SGL, n_vec=%d\\n", n_vec);
+		cifs_dbg(VFS, "Can't fit data to SGL, n_vec=%d\n", n_vec);
 		return -EINVAL;
 	}
 
@@ -79,12 +70,13 @@ old = """	struct scatterlist sgl[SMBDIRECT_MAX_SEND_SGE - 1];
 		sg_set_buf(&sgl[i], iov[i].iov_base, iov[i].iov_len);
 	}
 
-	return smbd_post_send_sgl(info, sgl, data_length, remaining_data_length);"""
-new = """	struct scatterlist sgl[SMBDIRECT_MAX_SEND_SGE - 1];
+	return smbd_post_send_sgl(info, sgl, data_length, remaining_data_length);
+--- becomes ---
+	struct scatterlist sgl[SMBDIRECT_MAX_SEND_SGE - 1];
 	int nents = 0;
 
 	if (n_vec > SMBDIRECT_MAX_SEND_SGE - 1) {
-		cifs_dbg(VFS, "Can't fit data to SGL, n_vec=%d\\n", n_vec);
+		cifs_dbg(VFS, "Can't fit data to SGL, n_vec=%d\n", n_vec);
 		return -EINVAL;
 	}
 
@@ -109,7 +101,7 @@ new = """	struct scatterlist sgl[SMBDIRECT_MAX_SEND_SGE - 1];
 			struct page *page = vmalloc_to_page(p);
 
 			if (!page) {
-				cifs_dbg(VFS, "kvec %px is not mapped\\n", p);
+				cifs_dbg(VFS, "kvec %px is not mapped\n", p);
 				return -EINVAL;
 			}
 			if (nents == ARRAY_SIZE(sgl))
@@ -125,15 +117,15 @@ new = """	struct scatterlist sgl[SMBDIRECT_MAX_SEND_SGE - 1];
 	return smbd_post_send_sgl(info, sgl, data_length, remaining_data_length);
 
 too_many:
-	cifs_dbg(VFS, "Can't fit data to SGL, n_vec=%d\\n", n_vec);
-	return -EINVAL;"""
-if src.count(old) != 1:
-    sys.exit("smbd_post_send_data() sg loop not found as expected in smbdirect.c: update build-cifs.sh")
-src = src.replace(old, new)
-if "#include <linux/vmalloc.h>" not in src:
-    src = src.replace('#include <linux/highmem.h>\n', '#include <linux/highmem.h>\n#include <linux/vmalloc.h>\n', 1)
-open(path, "w").write(src)
-PY
+	cifs_dbg(VFS, "Can't fit data to SGL, n_vec=%d\n", n_vec);
+	return -EINVAL;
+PATCH
+lab_replace_once "$smbdirect" "the highmem.h include" <<'PATCH'
+#include <linux/highmem.h>
+--- becomes ---
+#include <linux/highmem.h>
+#include <linux/vmalloc.h>
+PATCH
 lab_log "patched smbd_post_send_data() for kvecs outside the linear map"
 # Linux 6.1's smbd_destroy() waits for the DISCONNECTED event with wait_event_interruptible(),
 # but it runs in the cifsd thread, which cifs_put_tcp_session() has just sent SIGKILL: the wait
@@ -148,24 +140,17 @@ lab_log "patched smbd_post_send_data() for kvecs outside the linear map"
 # smbd_destroy() call disable_work_sync(&info->post_send_credits_work)", also found on rxe);
 # 6.1 has no disable_work_sync(), so the lab marks the transport as going down before the
 # cancel, which makes every later run of the work return without posting.
-python3 - "$smbdirect" <<'PY'
-import sys
-path = sys.argv[1]
-src = open(path).read()
-old = """	log_rdma_event(INFO, "cancelling post_send_credits_work\\n");
+lab_replace_once "$smbdirect" "smbd_destroy() cancel of post_send_credits_work" <<'PATCH'
+	log_rdma_event(INFO, "cancelling post_send_credits_work\n");
 	cancel_work_sync(&info->post_send_credits_work);
-"""
-new = """	/* lab patch: a killed waiter leaves the status "connected"; no receive may be posted
+--- becomes ---
+	/* lab patch: a killed waiter leaves the status "connected"; no receive may be posted
 	 * from here on, and smbd_post_send_credits() posts only while connected. */
 	if (info->transport_status == SMBD_CONNECTED)
 		info->transport_status = SMBD_DISCONNECTING;
-	log_rdma_event(INFO, "cancelling post_send_credits_work\\n");
+	log_rdma_event(INFO, "cancelling post_send_credits_work\n");
 	cancel_work_sync(&info->post_send_credits_work);
-"""
-if src.count(old) != 1:
-    sys.exit("smbd_destroy() cancel of post_send_credits_work not found as expected: update build-cifs.sh")
-open(path, "w").write(src.replace(old, new))
-PY
+PATCH
 lab_log "patched smbd_destroy() so no receive is posted after the QP is gone"
 lab_make_objtree "$work"
 lab_log "building cifs.ko (SMB Direct) against $LAB_HEADERS"

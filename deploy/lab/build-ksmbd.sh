@@ -38,16 +38,16 @@ lab_make_objtree "$work"
 # The opinfo_put NULL check.  Applied with an exact-match edit so that a source where the function
 # changed makes the build stop instead of silently skipping the fix.
 oplock=$work/src/fs/smb/server/oplock.c
-python3 - "$oplock" <<'PY'
-import sys
-path = sys.argv[1]
-src = open(path).read()
-old = "void opinfo_put(struct oplock_info *opinfo)\n{\n"
-if src.count(old) != 1:
-    sys.exit("opinfo_put() not found as expected in oplock.c: update build-ksmbd.sh")
-src = src.replace(old, old + "\tif (!opinfo)\n\t\treturn;\n\n")
-open(path, "w").write(src)
-PY
+lab_replace_once "$oplock" "opinfo_put()" <<'PATCH'
+void opinfo_put(struct oplock_info *opinfo)
+{
+--- becomes ---
+void opinfo_put(struct oplock_info *opinfo)
+{
+	if (!opinfo)
+		return;
+
+PATCH
 grep -q -A3 '^void opinfo_put' "$oplock" && lab_log "patched opinfo_put() NULL check"
 
 lab_log "building ksmbd.ko (SMB Direct) against $LAB_HEADERS"

@@ -17,6 +17,25 @@ LAB_HEADERS=/usr/src/linux-headers-$LAB_KVER
 lab_log() { printf '[kbuild %s] %s\n' "$(date +%T)" "$*" >&2; }
 lab_die() { lab_log "ERROR: $*"; exit 1; }
 
+# lab_replace_once FILE WHAT <<'PATCH': the heredoc holds the code to find, a line
+# "--- becomes ---", then its replacement. FILE must hold that code exactly once, so that a
+# source where it changed stops the build instead of silently going without the fix.
+lab_replace_once() {
+    local recipe=${BASH_SOURCE[1]:-the recipe}
+    python3 -c '
+import sys
+path, what, recipe = sys.argv[1:]
+old, sep, new = sys.stdin.read().partition("\n--- becomes ---\n")
+if not sep:
+    sys.exit(f"{recipe}: the patch of {what} has no --- becomes --- line")
+old += "\n"
+src = open(path).read()
+if src.count(old) != 1:
+    sys.exit(f"{what} not found as expected in {path}: update {recipe}")
+open(path, "w").write(src.replace(old, new))
+' "$1" "$2" "${recipe##*/}"
+}
+
 lab_check_inputs() {
     [[ -r $LAB_SRC_TARBALL ]] || lab_die "missing $LAB_SRC_TARBALL (apt-get install linux-source-6.1)"
     [[ -d $LAB_HEADERS ]] || lab_die "missing $LAB_HEADERS (apt-get install linux-headers-$LAB_KVER)"
