@@ -8,7 +8,9 @@ between them can only have travelled through the kernel.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
+import logging
 import os
 import signal
 import socket
@@ -19,7 +21,8 @@ import uuid
 
 import pytest
 
-from smbd.server.oplocks import LEASE_SIGNAL, OVERFLOW_SIGNAL, OplockManager, SignalFd, take_lease
+from smbd.server.oplocks import (LEASE_SIGNAL, OVERFLOW_SIGNAL, OplockManager, SignalFd, drop_lease,
+                                   take_lease)
 from smbd.status import NtStatus, SmbError
 from tests import smb2client as c
 from tests.smbdd_process import PASSWORD, USER, Smbdd
@@ -135,6 +138,25 @@ def test_write_lease_only_without_other_opens(lease_dir, lease_signals_blocked):
     finally:
         if other >= 0:
             os.close(other)
+        os.close(fd)
+
+
+def test_dropping_a_lease_twice_is_quiet(lease_dir, lease_signals_blocked, caplog):
+    """The second F_UNLCK finds no lease (EAGAIN): nothing to warn about."""
+    path = lease_dir / "f"
+    path.write_bytes(b"x")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        assert take_lease(fd, fcntl.F_WRLCK)
+        with caplog.at_level(logging.WARNING, logger="smbd.oplocks"):
+            drop_lease(fd)
+            assert fcntl.fcntl(fd, fcntl.F_GETLEASE) == fcntl.F_UNLCK
+            with pytest.raises(OSError) as e:
+                fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+            assert e.value.errno == errno.EAGAIN  # the kernel fact the quiet drop rests on
+            drop_lease(fd)
+        assert not [r for r in caplog.records if "F_SETLEASE" in r.getMessage()]
+    finally:
         os.close(fd)
 
 

@@ -97,11 +97,15 @@ def take_lease(fd: int, kind: int) -> bool:
 
 
 def drop_lease(fd: int) -> None:
-    """Release the lease (F_UNLCK): a blocked opener goes on. Never blocks."""
+    """Release the lease (F_UNLCK), if the fd holds one: a blocked opener goes on. Never blocks.
+
+    The kernel answers EAGAIN when the fd holds no lease (fs/locks.c generic_delete_lease):
+    a lease released for one of our own opens and not yet taken back is dropped again when
+    the leases are rebalanced, which is not worth a warning."""
     try:
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
     except OSError as e:
-        if e.errno != errno.EBADF:
+        if e.errno not in (errno.EBADF, errno.EAGAIN):
             log.warning("F_SETLEASE F_UNLCK on fd %d: %s", fd, e)
 
 
