@@ -30,6 +30,18 @@ note size_mib "$SIZE_MIB"
 record() {  # record NAME CMD...: run CMD once, keep its output as one run of NAME
     echo "$1 $("${@:2}")" >>"$LAB_OUT/bench-runs.txt"
 }
+cpu_busy() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8}' /proc/stat; }  # user nice sys irq softirq
+record_cpu() {  # record_cpu NAME CMD...: as record, and NAME_cpu: the whole VM's busy CPU in ms
+    local b0 v   # per MiB moved (client, server and rxe together; ticks are 10 ms)
+    b0=$(cpu_busy)
+    v=$("${@:2}")
+    echo "$1 $v" >>"$LAB_OUT/bench-runs.txt"
+    if [[ $v =~ ^[0-9.]+$ ]]; then
+        echo "${1}_cpu $(awk -v d=$(($(cpu_busy) - b0)) -v m="$SIZE_MIB" 'BEGIN {printf "%.1f", d * 10 / m}')"
+    else
+        echo "${1}_cpu failed"
+    fi >>"$LAB_OUT/bench-runs.txt"
+}
 summarize() {  # each name's median over the runs (non-numbers: failed runs) into bench.txt
     awk '{ if (!($1 in n)) order[++k] = $1
            if ($2 ~ /^[0-9.]+$/) v[$1, ++n[$1]] = $2; else n[$1] += 0 }
@@ -105,12 +117,12 @@ lat_us() {  # 512-byte direct reads at QD1: each is one small inline SMB2 READ r
         awk -F';' '{printf "%.0f", $40}'
 }
 measure() {  # measure LABEL: the columns on the share mounted at $mnt
-    record "${1}_dd_write" dd_mibps /tmp/bench-src "$mnt/dd.bin" oflag=direct
-    record "${1}_dd_read" dd_mibps "$mnt/dd.bin" /dev/null iflag=direct
-    record "${1}_fio_qd1_write" fio_mibps write 1 "$mnt/fio.bin"
-    record "${1}_fio_qd1_read" fio_mibps read 1 "$mnt/fio.bin"
-    record "${1}_fio_qd4_write" fio_mibps write 4 "$mnt/fio.bin"
-    record "${1}_fio_qd4_read" fio_mibps read 4 "$mnt/fio.bin"
+    record_cpu "${1}_dd_write" dd_mibps /tmp/bench-src "$mnt/dd.bin" oflag=direct
+    record_cpu "${1}_dd_read" dd_mibps "$mnt/dd.bin" /dev/null iflag=direct
+    record_cpu "${1}_fio_qd1_write" fio_mibps write 1 "$mnt/fio.bin"
+    record_cpu "${1}_fio_qd1_read" fio_mibps read 1 "$mnt/fio.bin"
+    record_cpu "${1}_fio_qd4_write" fio_mibps write 4 "$mnt/fio.bin"
+    record_cpu "${1}_fio_qd4_read" fio_mibps read 4 "$mnt/fio.bin"
     record "${1}_lat512_us" lat_us "$mnt/fio.bin"
     rm -f "$mnt/dd.bin" "$mnt/fio.bin"
 }

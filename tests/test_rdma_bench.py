@@ -28,6 +28,7 @@ def test_ratios_use_the_verb_doing_the_work_and_compare_with_ksmbd(tmp_path):
         "smbdd_rdma_lat512_us": 900.0, "ksmbd_rdma_lat512_us": 300.0,
         "smbdd_tcp_lat512_us": 500.0, "ksmbd_tcp_lat512_us": 200.0,
         "smbdd_tcp_dd_write": 70.0,
+        "smbdd_rdma_dd_write_cpu": 60.5, "ksmbd_rdma_dd_write_cpu": 48.0,
     }
     f = tmp_path / "bench.txt"
     f.write_text("".join(f"{k} {v}\n" for k, v in lines.items()) + "ksmbd_status start-failed\n")
@@ -39,6 +40,8 @@ def test_ratios_use_the_verb_doing_the_work_and_compare_with_ksmbd(tmp_path):
     assert table_row(text, "smbdd/ksmbd")[:2] == ["0.80", "1.50"]
     assert table_row(text, "smbdd/ksmbd")[2:] == ["-"] * 4     # columns not measured stay empty
     assert table_row(text, "smbdd TCP")[0] == "70.0"
+    assert table_row(text, "smbdd CPU") == ["60.5"] + ["-"] * 5
+    assert table_row(text, "ksmbd CPU") == ["48.0"] + ["-"] * 5
     assert "smbdd adds 600 us per message over ksmbd (x3.0)" in text
     # RDMA minus TCP: smbdd 400, ksmbd 100, so the proxy hop costs 300 beyond the transport's own.
     assert "RDMA minus TCP: smbdd 400 us, ksmbd 100 us: the proxy hop adds about 300 us" in text
