@@ -1,6 +1,7 @@
 #!/bin/bash
-# Install everything smbdd's tests and the soft-RoCE lab need, then create or reuse the
-# project venv.  Idempotent and non-interactive; safe to run at the start of every CI job.
+# Install everything smbdd's tests and the soft-RoCE lab need (the apt packages through
+# deploy/install-apt.sh), then create or reuse the project venv.  Idempotent and non-interactive;
+# safe to run at the start of every CI job.  A failed step stops the run with a line naming it.
 #
 #   deploy/install-deps.sh                 # apt packages + venv at $SMBDD_VENV
 #   SMBDD_SKIP_APT=1 deploy/install-deps.sh   # venv only
@@ -18,22 +19,6 @@ VENV="${SMBDD_VENV:-/opt/smbdd/venv}"
 EXTRAS="${SMBDD_EXTRAS:-test,lab}"
 PYTHON=/usr/bin/python3   # Debian's: python3-pyverbs is built for it (see LAB.md)
 
-# See /work/shared/LAB.md for why each is needed: Samba + clients as reference peers,
-# rdma-core/pyverbs/perftest for SMB Direct, qemu + Debian's kernel (rdma_rxe) for the lab VM,
-# kernel source/headers to rebuild cifs.ko/ksmbd with SMB Direct, fio for benchmarks.
-# samba-vfs-modules (acl_xattr, streams_xattr) gives the smbtorture reference share NT ACLs
-# and streams.  No Recommends, as in the verified lab install.
-KERNEL=6.1.0-56-amd64
-PACKAGES=(
-  libnl-3-200 libnl-genl-3-200 libglib2.0-0   # ksmbd-tools 3.5.2 (deploy/lab/fetch-ksmbd-tools.sh)
-  samba samba-vfs-modules smbclient samba-testsuite
-  python3-pyverbs python3-venv
-  rdma-core ibverbs-providers ibverbs-utils rdmacm-utils perftest
-  qemu-system-x86 busybox-static cifs-utils iproute2
-  "linux-image-$KERNEL" "linux-headers-$KERNEL" linux-source-6.1
-  fio
-)
-
 now() { date +%s.%N; }
 T0=$(now)
 step_start=$T0
@@ -43,36 +28,12 @@ step() {  # step NAME: print the time the previous step took
   step_start=$t
 }
 
-missing_packages() {
-  # dpkg-query prints one status line per known package; unknown ones go to stderr.
-  local installed
-  installed=$(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "${PACKAGES[@]}" 2>/dev/null \
-              | awk '$2 == "installed" {print $1}')
-  for p in "${PACKAGES[@]}"; do
-    grep -qxF "$p" <<<"$installed" || echo "$p"
-  done
-}
-
 if [[ -z "${SMBDD_SKIP_APT:-}" ]]; then
-  mapfile -t MISSING < <(missing_packages)
-  if ((${#MISSING[@]} == 0)); then
-    echo "[install-deps] all ${#PACKAGES[@]} apt packages present"
-  else
-    echo "[install-deps] installing: ${MISSING[*]}"
-    [[ $(id -u) == 0 ]] || { echo "[install-deps] need root for apt-get" >&2; exit 1; }
-    apt-get update -q
-    apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confdef \
-      -o Dpkg::Options::=--force-confold "${PACKAGES[@]}"
-    # The Debian samba package starts system daemons on port 445 where systemd runs; the
-    # tests use private instances on free ports.  Stop the daemons only if we just
-    # installed samba, never a Samba the machine already had.
-    if [[ " ${MISSING[*]} " == *" samba "* ]] && command -v systemctl >/dev/null \
-       && systemctl is-system-running >/dev/null 2>&1; then
-      systemctl disable --now smbd nmbd samba-ad-dc 2>/dev/null || true
-    fi
-  fi
+  bash "$REPO/deploy/install-apt.sh"
   step "apt"
 fi
+
+die() { echo "[install-deps] ERROR: $*" >&2; exit 1; }
 
 PIP_LOG=$(mktemp)   # pip's chatter, shown only on failure
 trap 'rm -f "$PIP_LOG"' EXIT
@@ -85,9 +46,11 @@ else
   echo "[install-deps] creating venv $VENV (key $KEY)"
   rm -rf "$VENV"
   mkdir -p "$(dirname "$VENV")"
-  "$PYTHON" -m venv --system-site-packages "$VENV"
+  [[ -x $PYTHON ]] || die "step venv: no $PYTHON (apt package python3)"
+  "$PYTHON" -m venv --system-site-packages "$VENV" \
+    || die "step venv: $PYTHON -m venv failed (apt package python3-venv)"
   "$VENV/bin/python" -m pip install -q --upgrade pip >"$PIP_LOG" 2>&1 \
-    || { cat "$PIP_LOG" >&2; exit 1; }
+    || { cat "$PIP_LOG" >&2; die "step venv: pip install --upgrade pip failed (log above)"; }
   REUSED=0
 fi
 step "venv"
@@ -102,20 +65,28 @@ else
 fi
 if ! "$VENV/bin/python" -m pip install -q "${PIP_ARGS[@]}" >"$PIP_LOG" 2>&1; then
   cat "$PIP_LOG" >&2
-  exit 1
+  die "step pip install ${PIP_ARGS[*]} failed (pip's log above names the package)"
 fi
 # Record the key only after a complete install, so a failed one is retried next time.
 [[ $REUSED == 1 ]] || echo "$KEY" > "$VENV/.smbdd-key"
 step "pip install -e .[$EXTRAS]"
 
-"$VENV/bin/python" - <<'PY'
-import importlib
-for name in ("cryptography", "pytest", "smbprotocol", "impacket"):
-    importlib.import_module(name)
-try:
-    import pyverbs  # noqa: F401  (from python3-pyverbs, seen through system site-packages)
-    print("[install-deps] imports ok (pyverbs available)")
-except ImportError:
-    print("[install-deps] imports ok (pyverbs NOT importable)")
+# pyverbs comes from python3-pyverbs through the system site-packages: once apt has installed
+# it, a venv that can't import it is broken (made by another interpreter, say), not "no RDMA".
+SMBDD_NEED_PYVERBS=$([[ -z ${SMBDD_SKIP_APT:-} ]] && echo 1 || echo 0) "$VENV/bin/python" - <<'PY' \
+  || die "step imports: the venv $VENV cannot import what it needs (above)"
+import importlib, os, sys
+names = ["cryptography", "posix_ipc", "pytest", "smbprotocol", "impacket"]
+if os.environ["SMBDD_NEED_PYVERBS"] == "1":
+    names.append("pyverbs")
+failed = []
+for name in names:
+    try:
+        importlib.import_module(name)
+    except ImportError as e:
+        failed.append(f"{name} ({e})")
+if failed:
+    sys.exit("[install-deps] cannot import: " + ", ".join(failed))
+print("[install-deps] imports ok: " + ", ".join(names))
 PY
 awk -v a="$T0" -v b="$(now)" -v v="$VENV" 'BEGIN {printf "[install-deps] total %.1f s; venv: %s\n", b - a, v}'
