@@ -36,12 +36,13 @@ cmd=${1:?usage: vm-run.sh \"CMD\"}
 kver=${SMBDD_LAB_KVER:-6.1.0-56-amd64}
 kernel=/boot/vmlinuz-$kver
 # The project venv (made with --system-site-packages so pyverbs is visible): SMBDD_LAB_PYTHON's,
-# else the checkout's .venv, else /work/main/.venv.  It provides vng outside and pytest inside.
+# else the one deploy/install-deps.sh makes ($SMBDD_VENV, default /opt/smbdd/venv), else the
+# checkout's own .venv.  It provides vng outside and pytest inside.
 if [[ -n ${SMBDD_LAB_PYTHON:-} ]]; then
     venv=$(dirname "$(dirname "$SMBDD_LAB_PYTHON")")
 else
-    venv=$repo/.venv
-    [[ -x $venv/bin/python ]] || venv=/work/main/.venv
+    venv=${SMBDD_VENV:-/opt/smbdd/venv}
+    [[ -x $venv/bin/python ]] || venv=$repo/.venv
 fi
 PATH=$venv/bin:$PATH   # vng runs virtme-run from PATH
 export PATH
