@@ -11,6 +11,8 @@
 #                                    tests/torture/RESULTS.md (its own command: it takes minutes)
 #   ./dev.sh bench [args]            smbclient put/get of 256 MiB, smbdd against Samba's smbd
 #   ./dev.sh bench-rdma [args]       SMB Direct in the lab VM against raw verbs (one boot)
+#   ./dev.sh fresh-root [args]       the fresh-machine check: a clean Debian 12 root (debootstrap)
+#                                    runs `./dev.sh serve` and `./dev.sh test` (deploy/fresh-root.sh)
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$repo"
@@ -47,6 +49,9 @@ case "$cmd" in
     install
     bash deploy/lab/build-cifs.sh >/dev/null
     exec "$SMBDD_VENV/bin/python" -m bench.rdma_bench "$@"
+    ;;
+  fresh-root)
+    exec bash deploy/fresh-root.sh "$@"
     ;;
   *)
     sed -n '2,/^set -euo/{/^set -euo/!p}' "$0"
