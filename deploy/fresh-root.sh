@@ -79,6 +79,27 @@ deb $mirror bookworm-updates main
 deb $security bookworm-security main
 EOF
 cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
+# How this machine reaches the registries belongs to the machine, not to the project: a fresh
+# machine of this kind has it before anything is installed (here an egress CA that re-signs
+# HTTPS, /etc/pip.conf naming the CA bundle, and proxy/CA variables).  The root gets the same, so
+# that pip can verify PyPI; the CA files go where the ca-certificates package will pick them up.
+if [[ -d /usr/local/share/ca-certificates ]]; then
+    mkdir -p "$root/usr/local/share/ca-certificates"
+    cp -a /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
+fi
+if [[ -f /etc/ssl/certs/ca-certificates.crt ]]; then
+    mkdir -p "$root/etc/ssl/certs"
+    cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
+fi
+[[ -f /etc/pip.conf ]] && cp /etc/pip.conf "$root/etc/pip.conf"
+machine_env=()
+while IFS= read -r -d '' kv; do
+    case ${kv%%=*} in
+        http_proxy|https_proxy|no_proxy|HTTP_PROXY|HTTPS_PROXY|NO_PROXY|SSL_CERT_FILE|SSL_CERT_DIR|\
+        REQUESTS_CA_BUNDLE|CURL_CA_BUNDLE|PIP_CERT|PIP_INDEX_URL|PIP_EXTRA_INDEX_URL|PIP_TRUSTED_HOST|\
+        PIP_DEFAULT_TIMEOUT) machine_env+=("$kv") ;;
+    esac
+done < <(env -0)
 debootstrap_s=$(seconds "$t")
 log "debootstrap: $debootstrap_s s"
 
@@ -150,14 +171,16 @@ timeout -k 30 "${SMBDD_FRESH_TIMEOUT:-5400}" unshare --mount --pid --fork --prop
     mount -t proc proc "$r/proc"
     mkdir -p "$r/run/lock" /run/lock
     mount --bind /run/lock "$r/run/lock"              # one lab VM at a time, machine-wide
+    n=$1; shift
     exec chroot "$r" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
-        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-        /bin/bash /root/fresh-check.sh "$@"
-' fresh-root "$port" "$run_tests" "${pytest_args[@]}" </dev/null 2>&1 | tee "$logs/inside.log"
+        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "${@:1:n}" \
+        /bin/bash /root/fresh-check.sh "${@:n+1}"
+' fresh-root "${#machine_env[@]}" "${machine_env[@]}" "$port" "$run_tests" "${pytest_args[@]}" \
+    </dev/null 2>&1 | tee "$logs/inside.log"
 rc=${PIPESTATUS[0]}
 set -e
 cp "$root/root/serve.log" "$logs/" 2>/dev/null || true
 cp "$root/root/timings.txt" "$logs/" 2>/dev/null || true
-timings=$(tr '\n' ' ' <"$logs/timings.txt" 2>/dev/null || true)
+timings=$( { tr '\n' ' ' <"$logs/timings.txt"; } 2>/dev/null || true)
 log "exit $rc; debootstrap_s $debootstrap_s $timings"
 exit "$rc"

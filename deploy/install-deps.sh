@@ -9,8 +9,8 @@
 # Environment:
 #   SMBDD_VENV    venv location (default /opt/smbdd/venv: the lab VM hides /var/cache)
 #   SMBDD_EXTRAS  pip extras to install (default "test,lab")
-# The venv is keyed by a hash of pyproject.toml and the interpreter version: when neither
-# changed it is reused and only the (quick) editable install of the checkout is redone.
+# The venv is keyed by a hash of pyproject.toml, the interpreter version and VENV_RECIPE: when
+# none changed it is reused and only the (quick) editable install of the checkout is redone.
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
@@ -38,7 +38,9 @@ die() { echo "[install-deps] ERROR: $*" >&2; exit 1; }
 PIP_LOG=$(mktemp)   # pip's chatter, shown only on failure
 trap 'rm -f "$PIP_LOG"' EXIT
 
-KEY=$( { cat "$REPO/pyproject.toml"; "$PYTHON" -V; } | sha256sum | cut -c1-16)
+# Bump VENV_RECIPE when the way the venv is made changes, so old venvs are made again.
+VENV_RECIPE=2   # 2: setuptools and wheel installed into the venv
+KEY=$( { cat "$REPO/pyproject.toml"; "$PYTHON" -V; echo "recipe $VENV_RECIPE"; } | sha256sum | cut -c1-16)
 if [[ -x "$VENV/bin/python" && "$(cat "$VENV/.smbdd-key" 2>/dev/null)" == "$KEY" ]]; then
   echo "[install-deps] reusing venv $VENV (key $KEY)"
   REUSED=1
@@ -49,8 +51,11 @@ else
   [[ -x $PYTHON ]] || die "step venv: no $PYTHON (apt package python3)"
   "$PYTHON" -m venv --system-site-packages "$VENV" \
     || die "step venv: $PYTHON -m venv failed (apt package python3-venv)"
-  "$VENV/bin/python" -m pip install -q --upgrade pip >"$PIP_LOG" 2>&1 \
-    || { cat "$PIP_LOG" >&2; die "step venv: pip install --upgrade pip failed (log above)"; }
+  # setuptools and wheel in the venv itself: a reused venv installs the checkout with
+  # --no-build-isolation (below), which builds with what the venv has.  A minimal Debian has
+  # no python3-wheel for the system site-packages to lend.
+  "$VENV/bin/python" -m pip install -q --upgrade pip "setuptools>=61" wheel >"$PIP_LOG" 2>&1 \
+    || { cat "$PIP_LOG" >&2; die "step venv: pip install --upgrade pip setuptools wheel failed (log above)"; }
   REUSED=0
 fi
 step "venv"
