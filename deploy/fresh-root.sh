@@ -51,6 +51,7 @@ fi
 mkdir -p "$root"
 root=$(cd "$root" && pwd)
 [[ $root != / ]] || die "--root must not be /"
+chmod 755 "$root"   # it becomes /: mktemp's 0700 would hide everything from non-root users
 logs=$root.logs
 mkdir -p "$logs"
 

@@ -26,7 +26,7 @@ PACKAGES=(
   libnl-3-200 libnl-genl-3-200 libglib2.0-0   # ksmbd-tools 3.5.2 (deploy/lab/fetch-ksmbd-tools.sh)
   samba samba-vfs-modules smbclient samba-testsuite
   rdma-core ibverbs-providers ibverbs-utils rdmacm-utils perftest
-  qemu-system-x86 busybox-static cifs-utils iproute2
+  qemu-system-x86 busybox-static file cifs-utils iproute2   # virtme-ng runs file(1) on busybox
   "linux-image-$KERNEL" "linux-headers-$KERNEL" linux-source-6.1
   fio
 )

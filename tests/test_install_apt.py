@@ -155,7 +155,7 @@ def test_a_fresh_machine_gets_every_package_installed(machine):
     assert f"missing {len(wanted)} of {len(wanted)}" in result.stdout
     # Every package the lab build needs from a minimal Debian 12 is on the list.
     for needed in ("samba", "smbclient", "python3-pyverbs", "python3-venv", "gcc", "make", "xz-utils",
-                   f"linux-headers-{KVER}", f"linux-image-{KVER}", "qemu-system-x86"):
+                   f"linux-headers-{KVER}", f"linux-image-{KVER}", "qemu-system-x86", "file"):
         assert needed in wanted
 
 
