@@ -1,6 +1,6 @@
 """Samba's smbd as the reference server: a private instance in a folder of its own.
 
-Recipe verified in /work/shared/LAB.md ("Samba as the reference peer on the host"): all state
+Recipe verified in shared/LAB.md (the team's lab notes) ("Samba as the reference peer on the host"): all state
 directories under one folder, a tdbsam passdb there, `smb ports` on a free loopback port,
 foreground smbd.  Samba maps an SMB user to a Unix account, so the user must exist in
 /etc/passwd (created with useradd if missing) and own the share directory.

@@ -1,6 +1,6 @@
 """Run one smbtorture suite against a :class:`ServerUnderTest` and collect per-test results.
 
-Command line from /work/shared/LAB.md: `-s /dev/null`, `--target=samba3`, the share/write-time
+Command line from shared/LAB.md (the team's lab notes): `-s /dev/null`, `--target=samba3`, the share/write-time
 delays Samba's own selftest uses, `--format=subunit --fullname` (names like
 ``smb2.read.eof``), always under coreutils `timeout` because some tests wait on 35 s break
 timeouts and smb2.notify can hang forever.  Exit status 134/139 (or -6/-11 without
