@@ -24,8 +24,9 @@ from smbd.status import NtStatus, SmbError
 
 from . import metadata, syscalls
 from .errors import translate_oserror
-from .names import parse_name
+from .names import parse_name, parse_stream_name
 from .resolve import O_PATH_DIR, BeneathResolver
+from .streams import DEPOT_NAME, StreamDepot
 from .types import DirEntry, FileInfo, FsInfo
 
 _OPEN_COMMON = os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
@@ -97,6 +98,7 @@ class Share:
     """
 
     parse_name = staticmethod(parse_name)
+    parse_stream_name = staticmethod(parse_stream_name)
 
     def __init__(self, root: str, *, read_only: bool = False, fs_type: str = "NTFS",
                  case_sensitive: bool = False, use_openat2: bool | None = None):
@@ -112,6 +114,9 @@ class Share:
         # Decided by the root's file system: one mounted inside the share counts as its root.
         self._memory_fs = _fs_magic(self.root_fd) in _MEMORY_FS_MAGIC
         self._nowait_reads = True
+        #: Named streams (smbd.vfs.streams): ``streams.supported`` is False where the file
+        #: system keeps no user xattrs, and then no stream can be created.
+        self.streams = StreamDepot(self.root_fd, real)
 
     # -- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:
@@ -126,6 +131,17 @@ class Share:
         self.close()
 
     # -- helpers -----------------------------------------------------------------------------
+    def _guard(self, components: tuple[str, ...]) -> None:
+        """The stream depot is the server's: no client name may reach it."""
+        if self.streams.is_reserved(components):
+            raise SmbError(NtStatus.ACCESS_DENIED, "a name reserved by the server")
+
+    def _refuse_depot_fd(self, fd: int) -> None:
+        """A link inside the share that leads into the stream depot reads as absent."""
+        if self.streams.supported and self.streams.holds(fd):
+            os.close(fd)
+            raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "a link into the stream depot")
+
     def _check_writable(self) -> None:
         if self.read_only:
             raise SmbError(NtStatus.ACCESS_DENIED, "read-only share")
@@ -137,6 +153,7 @@ class Share:
         """O_PATH fd of the object named by ``components`` (following inside links) and the name
         to report for it.  Missing -> OBJECT_NAME_NOT_FOUND / OBJECT_PATH_NOT_FOUND."""
         name = components[-1] if components else ""
+        self._guard(components)
         with translate_oserror():
             if not components:
                 return os.open(".", O_PATH_DIR, dir_fd=self.root_fd), name
@@ -152,6 +169,7 @@ class Share:
             if stat.S_ISLNK(os.fstat(fd).st_mode):  # swapped in after the walk looked
                 os.close(fd)
                 raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND)
+            self._refuse_depot_fd(fd)
             return fd, name
 
     @staticmethod
@@ -245,6 +263,7 @@ class Share:
         """
         if (create or write or truncate) and self.read_only:
             raise SmbError(NtStatus.ACCESS_DENIED, "read-only share")
+        self._guard(components)
         for attempt in range(3):
             try:
                 return self._open_once(components, create=create, exclusive=exclusive,
@@ -313,6 +332,8 @@ class Share:
 
     def _finish_open(self, path_fd: int, components, *, created: bool, truncate: bool,
                      directory: bool | None, write: bool) -> OpenedFile:
+        if self.streams.supported and self.streams.holds(path_fd):
+            raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "a link into the stream depot")
         with translate_oserror():
             st = os.fstat(path_fd)
             if stat.S_ISLNK(st.st_mode):  # O_PATH|O_NOFOLLOW met a symlink swapped in late
@@ -481,9 +502,10 @@ class Share:
         act on the link itself)."""
         if not components:
             raise SmbError(NtStatus.ACCESS_DENIED, "the share root")
+        self._guard(components)
         with translate_oserror():
             w = self._resolver.walk(components, follow_final=False)
-        if w.st is None:
+        if w.st is None or (self.streams.supported and self.streams.holds(w.parent_fd)):
             os.close(w.parent_fd)
             raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND)
         return w
@@ -521,11 +543,14 @@ class Share:
         self._check_writable()
         if not dst:
             raise SmbError(NtStatus.OBJECT_NAME_INVALID, "rename onto the share root")
+        self._guard(dst)
         s = self._walk_existing(src)
         try:
             with translate_oserror():
                 d = self._resolver.walk(dst, follow_final=False)
             try:
+                if self.streams.supported and self.streams.holds(d.parent_fd):
+                    raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "a link into the stream depot")
                 new_name = dst[-1]
                 if d.name == ".":
                     raise SmbError(NtStatus.OBJECT_NAME_COLLISION)
@@ -610,6 +635,8 @@ class Share:
                 dir_names: tuple[str, ...] | None = None
                 with os.scandir(fd) as it:
                     names = [e.name for e in it]
+                if DEPOT_NAME in names and self._is_root(os.fstat(fd)):
+                    names.remove(DEPOT_NAME)
                 for name in names:
                     try:
                         info = metadata.info_at(fd, name)
