@@ -553,7 +553,11 @@ ESCAPES = [
     ("a?b", (NtStatus.OBJECT_NAME_INVALID,)),
     ("a\x01b", (NtStatus.OBJECT_NAME_INVALID,)),
     ("a|b<c>", (NtStatus.OBJECT_NAME_INVALID,)),
-    ("hello.txt:evil:$DATA", (NtStatus.OBJECT_NAME_NOT_FOUND,)),
+    # Named streams exist (smbd.vfs.streams): these try to make one lead out of the share.
+    ("hello.txt:..\\..\\etc\\passwd", (NtStatus.OBJECT_NAME_INVALID,)),
+    ("hello.txt:../../etc/passwd:$DATA", (NtStatus.OBJECT_NAME_INVALID,)),
+    ("hello.txt:..:$DATA", (NtStatus.OBJECT_NAME_INVALID,)),
+    ("..\\hello.txt:evil:$DATA", (NtStatus.OBJECT_PATH_SYNTAX_BAD,)),
     ("x" * 300, (NtStatus.OBJECT_NAME_INVALID,)),
     ("escape_dir\\secret.txt", (NtStatus.OBJECT_PATH_NOT_FOUND, NtStatus.OBJECT_NAME_NOT_FOUND,
                                 NtStatus.ACCESS_DENIED)),

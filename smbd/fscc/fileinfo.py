@@ -114,13 +114,26 @@ def file_alternate_name_information(short_name: str) -> bytes:
     return _name_information(short_name)
 
 
-def file_stream_information(info: "FileInfo") -> bytes:
-    """FileStreamInformation (MS-FSCC 2.4.44): one entry, the unnamed data stream "::$DATA",
-    for a file; nothing for a directory (it has no data stream)."""
-    if info.is_dir:
-        return b""
-    raw = utf16(DEFAULT_DATA_STREAM)
-    return _STREAM.pack(0, len(raw), info.size, info.allocation_size) + raw
+def file_stream_information(info: "FileInfo", named: tuple = ()) -> bytes:
+    """FileStreamInformation (MS-FSCC 2.4.44): the unnamed data stream "::$DATA" of a file (a
+    directory has none), then each named stream as ":name:$DATA" (``named``: objects with
+    ``name``, ``size`` and ``allocation_size``). Entries are 8-byte aligned, NextEntryOffset
+    0 in the last."""
+    entries = [] if info.is_dir else [(DEFAULT_DATA_STREAM, info.size, info.allocation_size)]
+    entries += [(f":{s.name}:$DATA", s.size, s.allocation_size) for s in named]
+    out = bytearray()
+    last = -1
+    for name, size, allocation in entries:
+        start = len(out)
+        if last >= 0:
+            struct.pack_into("<I", out, last, start - last)
+        raw = utf16(name)
+        out += _STREAM.pack(0, len(raw), size, allocation) + raw
+        out += b"\0" * (-len(out) % 8)
+        last = start
+    if last >= 0:  # no padding after the last entry
+        del out[last + _STREAM.size + len(utf16(entries[-1][0])):]
+    return bytes(out)
 
 
 def file_compression_information(info: "FileInfo") -> bytes:
@@ -163,6 +176,7 @@ class OpenContext:
     delete_pending: bool = False
     short_name: str | None = None
     ea_size: int = 0  # FileEaInformation.EaSize of the file's extended attributes
+    streams: tuple = ()  # smbd.vfs.streams.StreamEntry: the named streams, for FileStreamInformation
 
 
 def encode_file_info(info_class: int, info: "FileInfo", ctx: OpenContext = OpenContext()) -> bytes:
@@ -197,7 +211,7 @@ def encode_file_info(info_class: int, info: "FileInfo", ctx: OpenContext = OpenC
                 raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "no 8.3 name")
             return file_alternate_name_information(ctx.short_name)
         case c.FileStreamInformation:
-            return file_stream_information(info)
+            return file_stream_information(info, ctx.streams)
         case c.FileCompressionInformation:
             return file_compression_information(info)
         case c.FileNetworkOpenInformation:

@@ -210,10 +210,11 @@ def grant(req: "Request", op: "Open", create: CreateRequest, dh2q: DurableV2Requ
 
 def _same_name(req: "Request", create: CreateRequest, op: "Open") -> bool:
     try:
-        components = req.tree.vfs.parse_name(create.name)
+        parsed = req.tree.vfs.parse_stream_name(create.name)
     except SmbError:
         return False
-    return tuple(c.casefold() for c in components) == tuple(c.casefold() for c in op.components)
+    return (tuple(c.casefold() for c in parsed.components) == tuple(c.casefold() for c in op.components)
+            and (parsed.stream or "").casefold() == (op.stream or "").casefold())
 
 
 def replay_answer(req: "Request", op: "Open") -> tuple[list[tuple[bytes, bytes]], int]:

@@ -107,6 +107,12 @@ class Open:
     notify: Any = None  # smbd.server.notify.Watch when CHANGE_NOTIFY was used
     write_time_frozen: bool = False
     file_key: int | None = None  # the inode: opens of one file share delete-pending state
+    # A named stream (smbd.vfs.streams): fd is the stream's own, file_key its inode; the base
+    # file stays open as base_fd (its metadata, and the OFD slots other workers test before a
+    # delete or rename of the file) and base_key is the base file's inode.
+    stream: str | None = None
+    base_fd: int = -1
+    base_key: int | None = None
     # Leases and durability (MS-SMB2 3.3.1.10 Open.Lease, Open.IsDurable, Open.DurableOpenTimeout,
     # Open.CreateGuid, Open.ClientGuid, Open.DurableOwner).
     lease: Any = None  # smbd.server.leases.Lease
@@ -125,4 +131,11 @@ class Open:
 
     @property
     def display_name(self) -> str:
-        return "\\".join(self.components)
+        name = "\\".join(self.components)
+        return name if self.stream is None else f"{name}:{self.stream}"
+
+    @property
+    def meta_fd(self) -> int:
+        """The fd whose file holds times, attributes, EAs and the security descriptor: a named
+        stream has them from its file (MS-FSA 2.1.1.3: they belong to the File, not the Stream)."""
+        return self.base_fd if self.stream is not None else self.fd

@@ -24,10 +24,24 @@ _FLOCK = struct.Struct("hhqqi4x")  # struct flock on x86_64/aarch64: type, whenc
 
 BASE = (1 << 63) - 64
 HAS_READ, HAS_WRITE, HAS_DELETE, DENY_READ, DENY_WRITE, DENY_DELETE = range(6)
+# Held on the *base file* by every open of one of its named streams (smbd.vfs.streams keeps each
+# stream in a file of its own, whose fd carries the stream's own share modes above): a file
+# with an open stream cannot be renamed, and one whose stream is open without FILE_SHARE_DELETE
+# cannot be opened for DELETE (smbtorture smb2.streams.delete, basefile-rename-with-open-stream).
+HAS_STREAM_OPEN, STREAM_DENIES_DELETE = 6, 7
 
 READ_BITS = Access.FILE_READ_DATA | Access.FILE_EXECUTE
 WRITE_BITS = Access.FILE_WRITE_DATA | Access.FILE_APPEND_DATA
 DELETE_BITS = Access.DELETE
+
+
+class SharingViolation(SmbError):
+    """STATUS_SHARING_VIOLATION on an existing file (or stream), naming it by ``file_key`` so
+    CREATE can break the handle caching of the leases that hold it open (MS-SMB2 3.3.4.7)."""
+
+    def __init__(self, file_key: int):
+        super().__init__(NtStatus.SHARING_VIOLATION)
+        self.file_key = file_key
 
 
 def _lock(fd: int, cmd: int, ltype: int, slot: int) -> int:
@@ -50,8 +64,11 @@ _KINDS = ((READ_BITS, ShareAccess.READ, HAS_READ, DENY_READ),
 def conflicts(access: int, share: int) -> list[int]:
     """The bytes another open must not hold for this one to be allowed: the "denies" byte of
     what we use, and the "has" byte of what we do not share."""
-    return ([deny for bits, _, _, deny in _KINDS if access & bits]
-            + [has for _, flag, has, _ in _KINDS if not share & flag])
+    slots = ([deny for bits, _, _, deny in _KINDS if access & bits]
+             + [has for _, flag, has, _ in _KINDS if not share & flag])
+    if access & DELETE_BITS:
+        slots.append(STREAM_DENIES_DELETE)
+    return slots
 
 
 def own_slots(access: int, share: int) -> list[int]:
@@ -80,3 +97,11 @@ def acquire(fd: int, access: int, share: int) -> None:
 def others_hold(fd: int, slot: int) -> bool:
     """Whether another open of the file holds ``slot`` (e.g. HAS_DELETE before a rename)."""
     return _held_by_other(fd, slot)
+
+
+def hold_for_stream(base_fd: int, share: int) -> None:
+    """Mark the base file as having an open stream (and one that denies delete when ``share``
+    lacks FILE_SHARE_DELETE); the marks go with ``base_fd``'s open file description."""
+    _lock(base_fd, F_OFD_SETLK, fcntl.F_RDLCK, HAS_STREAM_OPEN)
+    if not share & ShareAccess.DELETE:
+        _lock(base_fd, F_OFD_SETLK, fcntl.F_RDLCK, STREAM_DENIES_DELETE)

@@ -68,6 +68,18 @@ def store_dos_attributes(fd: int, attributes: int) -> bool:
     return write_xattr(fd, XATTR_DOSATTR, _U32.pack(attributes & SETTABLE_ATTRIBUTES))
 
 
+def attributes_for_new(requested: int, *, is_dir: bool) -> int:
+    """The FILE_ATTRIBUTE_* bits to store for a file a CREATE makes or overwrites: what the
+    client asked, less DIRECTORY and NORMAL (not stored), and for a file ARCHIVE, which NTFS
+    sets on every file it creates or overwrites (MS-FSA 2.1.5.1.2.1; smbtorture
+    smb2.streams.attributes2 reads HIDDEN|ARCHIVE back from a file created HIDDEN).  0 means
+    there is nothing to store: the defaults (ARCHIVE for files) already say it."""
+    attrs = requested & ~int(FileAttributes.DIRECTORY | FileAttributes.NORMAL)
+    if attrs and not is_dir:
+        attrs |= FileAttributes.ARCHIVE
+    return attrs
+
+
 def is_hidden_name(name: str) -> bool:
     """Samba's ``hide dot files``: names starting with '.' except '.' and '..' are hidden."""
     return name.startswith(".") and name not in (".", "..")

@@ -15,6 +15,7 @@ from smbd.security.access import maximal_access, narrow_by_stored_dacl
 from smbd.security.store import create_context_descriptor, parent_stored, secure_new_file
 from smbd.status import NtStatus, SmbError
 from smbd.vfs.errors import translate_oserror
+from smbd.vfs.metadata import attributes_for_new
 from smbd.vfs.eas import set_eas
 from smbd.wire import fileio
 from smbd.wire.create import (VALID_ACCESS, WRITE_ACCESS, Access, CreateAction, CreateOptions, CreateRequest,
@@ -23,12 +24,14 @@ from smbd.wire.ea import EaListError, FullEa, parse_full_ea_list
 from smbd.wire.lease import BREAK_ACK_SIZE, LEASE_CONTEXT, LeaseBreakAck, LeaseRequest, break_structure_size
 from smbd.wire.oplock import OplockBreakAck, oplock_break_response
 
-from .. import durable, sharemode
+from .. import durable, sharemode, streams
 from ..objects import Open
 from ..leases import lease_manager
 from ..oplocks import BREAK_ACK_TIMEOUT
 
 if TYPE_CHECKING:
+    from smbd.vfs.names import StreamName
+
     from ..connection import Request
     from ..state import ServerState
 
@@ -46,14 +49,6 @@ _QFID = b"QFid"
 # timer (3.3.2.1) plus slack; the kernel itself gives up on a lease after
 # /proc/sys/fs/lease-break-time (45 s by default).
 _BREAK_WAIT_LIMIT = BREAK_ACK_TIMEOUT + 15.0
-
-
-class _SharingViolation(SmbError):
-    """STATUS_SHARING_VIOLATION on an existing file, naming it for the handle-caching break."""
-
-    def __init__(self, file_key: int):
-        super().__init__(NtStatus.SHARING_VIOLATION)
-        self.file_key = file_key
 
 
 class _LeaseBreakPending(Exception):
@@ -118,17 +113,17 @@ async def handle_create(req: "Request") -> bytes:
         return await _answer_existing(req, replayed, *durable.replay_answer(req, replayed))
     lease_request = _lease_request(req, create)
     vfs = tree.vfs
-    components = vfs.parse_name(create.name)
+    parsed = vfs.parse_stream_name(create.name)
     access = _granted_access(req, create)
     opts = create.options
     if opts & CreateOptions.DELETE_ON_CLOSE and not access & Access.DELETE:
         raise SmbError(NtStatus.ACCESS_DENIED, "delete-on-close without DELETE access")
     eas = _requested_eas(create)
     create_context_descriptor(create.contexts)  # a malformed SecD fails before anything is created
-    op = await _open_after_breaks(req, create, components, access, eas, lease_request)
+    op = await _open_after_breaks(req, create, parsed, access, eas, lease_request)
     oplock, contexts = await _grant_caching(req, create, op.open, lease_request, dh2q)
     if _MXAC in create.contexts:
-        mxac = await server.io(maximal_access, op.open.fd, tree.maximal_access,  # narrowed by a stored DACL
+        mxac = await server.io(maximal_access, op.open.meta_fd, tree.maximal_access,  # narrowed by a stored DACL
                                anonymous=req.session.is_anonymous, guest=req.session.is_guest)
         contexts.append((_MXAC, struct.pack("<II", 0, mxac)))
     if _QFID in create.contexts:
@@ -189,14 +184,14 @@ async def _reconnect(req: "Request", create: CreateRequest) -> bytes:
 
 async def _answer_existing(req: "Request", op: Open, contexts: list, oplock: int) -> bytes:
     """A CREATE response for an Open that already exists (durable reconnect, replay)."""
-    info = await req.server.io(op.tree.vfs.stat_fd, op.fd, op.components[-1] if op.components else "")
+    info = await req.server.io(streams.info_of, op)
     req.created_file_id = op.file_id
     return CreateResponse(oplock, 0, CreateAction.OPENED, info.creation_time, info.last_access_time,
                           info.last_write_time, info.change_time, info.allocation_size, info.size,
                           info.attributes, op.file_id, encode_contexts(contexts) if contexts else b"").pack()
 
 
-async def _open_after_breaks(req: "Request", create: CreateRequest, components: tuple[str, ...],
+async def _open_after_breaks(req: "Request", create: CreateRequest, parsed: "StreamName",
                              access: int, eas: tuple[FullEa, ...],
                              lease_request: LeaseRequest | None = None) -> "_Opened":
     """Open, and while an oplock break holds the file (3.3.4.6), wait and try again.
@@ -217,21 +212,21 @@ async def _open_after_breaks(req: "Request", create: CreateRequest, components: 
     handles_broken = False
     leases = lease_manager(server)
     own_key = lease_request.key if lease_request else None
-    if leases.active and create.disposition in (Disposition.SUPERSEDE, Disposition.OVERWRITE,
-                                                Disposition.OVERWRITE_IF):
+    if leases.active and parsed.stream is None and create.disposition in (
+            Disposition.SUPERSEDE, Disposition.OVERWRITE, Disposition.OVERWRITE_IF):
         # Cached writes of this worker's leases must reach the file before it is truncated.
-        existing = await server.io(req.tree.vfs.lookup, components)
+        existing = await server.io(req.tree.vfs.lookup, parsed.components)
         if existing is not None and not existing.is_dir:
             await leases.break_for_open(req, existing.file_id, create.disposition, own_key, access)
     while True:
         try:
             try:
-                return await server.io(_open_file, server, req, create, components, access, eas)
+                return await server.io(_open_file, server, req, create, parsed, access, eas)
             finally:
                 leases.restore_released()
         except _LeaseBreakPending:
             pass
-        except _SharingViolation as e:
+        except sharemode.SharingViolation as e:
             if handles_broken or not leases.has_leases(e.file_key):
                 raise
             handles_broken = True
@@ -266,30 +261,37 @@ class _Opened:
         self.open, self.info, self.action = open_, info, action
 
 
-def _open_file(server: "ServerState", req: "Request", create: CreateRequest, components: tuple[str, ...],
+def _open_file(server: "ServerState", req: "Request", create: CreateRequest, parsed: "StreamName",
                access: int, eas: tuple[FullEa, ...] = ()) -> _Opened:
     """The blocking part of CREATE, on an I/O thread: look up, check, open, share-mode.
 
     Another worker (another client) may create the name between our lookup and our
     exclusive create; for the dispositions that accept an existing file the open is then
     simply tried again, now finding it (smbtorture smb2.create.mkdir-dup)."""
+    if parsed.stream is not None:
+        return _Opened(*streams.open_stream(server, req, create, parsed, access))
+    components = parsed.components
     try:
-        return _open_once(server, req, create, components, access, eas)
+        return _open_once(server, req, create, components, access, eas, parsed.default_spelled)
     except SmbError as e:
         if e.status != NtStatus.OBJECT_NAME_COLLISION or create.disposition not in (
                 Disposition.OPEN_IF, Disposition.OVERWRITE_IF, Disposition.SUPERSEDE):
             raise
-    return _open_once(server, req, create, components, access, eas)
+    return _open_once(server, req, create, components, access, eas, parsed.default_spelled)
 
 
 def _open_once(server: "ServerState", req: "Request", create: CreateRequest, components: tuple[str, ...],
-               access: int, eas: tuple[FullEa, ...]) -> _Opened:
+               access: int, eas: tuple[FullEa, ...], default_spelled: bool = False) -> _Opened:
     tree = req.tree
     vfs = tree.vfs
     opts = create.options
     disp = create.disposition
     existing = vfs.lookup(components)
     want_dir = bool(opts & CreateOptions.DIRECTORY_FILE)
+    if default_spelled and want_dir:
+        raise SmbError(NtStatus.NOT_A_DIRECTORY, "::$DATA names a data stream")
+    if default_spelled and existing is not None and existing.is_dir:
+        raise SmbError(NtStatus.FILE_IS_A_DIRECTORY, "a directory has no unnamed data stream")
     if existing is not None:
         if disp == Disposition.CREATE:
             raise SmbError(NtStatus.OBJECT_NAME_COLLISION)
@@ -354,15 +356,16 @@ def _open_once(server: "ServerState", req: "Request", create: CreateRequest, com
             sharemode.acquire(fd, access, create.share_access)
         except SmbError as e:
             if e.status == NtStatus.SHARING_VIOLATION and existing is not None:
-                raise _SharingViolation(existing.file_id) from e
+                raise sharemode.SharingViolation(existing.file_id) from e
             raise
         if truncate:  # only now: an open refused by the DACL or a share mode keeps the data
             vfs.truncate(fd, 0)
+            vfs.streams.remove_all(fd)  # overwritten or superseded: only the unnamed stream stays
         if create_new:
             secure_new_file(fd, create.contexts, is_dir=is_dir,  # SecD context, else inherited DACL
                             parent=lambda: parent_stored(vfs, opened.components))
         if create_new or truncate:
-            attrs = create.file_attributes & ~int(FileAttributes.DIRECTORY | FileAttributes.NORMAL)
+            attrs = attributes_for_new(create.file_attributes, is_dir=is_dir)
             if attrs:
                 vfs.set_dos_attributes(fd, attrs)
             if eas:
@@ -407,11 +410,21 @@ def close_open(server: "ServerState", op: Open) -> None:
         return
     last = server.last_open_of(op.file_key)
     pending = op.delete_on_close or server.delete_pending(op.file_key)
-    try:
+    if op.stream is not None:
         if pending and last:
+            server.clear_delete_pending(op.file_key)
+        elif op.delete_on_close:
+            server.set_delete_pending(op.file_key)
+        streams.close_stream(server, op, delete=pending and last)
+        return
+    try:
+        if pending and last and streams.base_in_use(server, op.file_key, leaving=op):
+            server.set_delete_pending(op.file_key)  # a stream of it is open here: it goes last
+        elif pending and last:
             server.clear_delete_pending(op.file_key)
             try:
                 (op.tree.vfs.rmdir if op.is_dir else op.tree.vfs.unlink)(op.components)
+                streams.delete_streams_of_removed(op.tree.vfs, op.fd)
             except (OSError, SmbError) as e:
                 log.info("delete on close of %s failed: %s", op.display_name, e)
         elif op.delete_on_close:
@@ -433,7 +446,7 @@ async def handle_close(req: "Request") -> bytes:
     if op.lease is not None:
         lease_manager(server).forget(op)
     if close.flags & fileio.CLOSE_FLAG_POSTQUERY_ATTRIB and op.pipe is None:
-        info = await server.io(op.tree.vfs.stat_fd, op.fd, op.components[-1] if op.components else "")
+        info = await server.io(streams.info_of, op)
         await server.io(close_open, server, op)
         return fileio.close_response(fileio.CLOSE_FLAG_POSTQUERY_ATTRIB,
                                      (info.creation_time, info.last_access_time, info.last_write_time,

@@ -7,7 +7,7 @@ import zlib
 from typing import TYPE_CHECKING
 
 from smbd.fscc import dirinfo, fileinfo, fsinfo, setinfo, wildcard
-from smbd.fscc.constants import FileAttributes, FileInfoClass
+from smbd.fscc.constants import FileAttributes, FileInfoClass, FsAttributes
 from smbd.security.sd import SecurityInformation
 from smbd.security.store import effective_descriptor, parse_or_error, set_descriptor
 from smbd.status import NtStatus, SmbError
@@ -18,7 +18,7 @@ from smbd.wire.control import (InfoType, QueryDirectoryFlags, QueryDirectoryRequ
                                SetInfoRequest, output_response, set_info_response)
 from smbd.wire.create import Access
 
-from .. import sharemode
+from .. import sharemode, streams
 from ..objects import Open
 from .files import _check_charge
 
@@ -123,7 +123,7 @@ async def handle_query_info(req: "Request") -> bytes:
         if qi.info_class not in _NEEDS_NOTHING and not op.granted_access & Access.FILE_READ_ATTRIBUTES:
             raise SmbError(NtStatus.ACCESS_DENIED)
         with translate_oserror():
-            info = await req.server.io(vfs.stat_fd, op.fd, op.components[-1] if op.components else "")
+            info = await req.server.io(streams.info_of, op)
         name = _name(op)
         if qi.info_class == FileInfoClass.FileNormalizedNameInformation:
             # MS-FSCC 2.4.30: the path from the share root without the leading
@@ -132,19 +132,25 @@ async def handle_query_info(req: "Request") -> bytes:
         ea_size = 0
         if qi.info_class in (FileInfoClass.FileEaInformation, FileInfoClass.FileAllInformation):
             with translate_oserror():
-                stored = await req.server.io(list_eas, op.fd)
+                stored = await req.server.io(list_eas, op.meta_fd)
             ea_size = ea.ea_size([ea.FullEa(n, v) for n, v in stored])
+        named_streams = ()
+        if qi.info_class == FileInfoClass.FileStreamInformation:
+            named_streams = await req.server.io(vfs.streams.list, op.meta_fd)
         ctx = fileinfo.OpenContext(name=name, access_mask=op.granted_access, position=op.position,
                                    mode=op.mode, delete_pending=req.server.delete_pending(op.file_key),
                                    short_name=short_name(op.components[-1]) if op.components else "",
-                                   ea_size=ea_size)
+                                   ea_size=ea_size, streams=tuple(named_streams))
         data = fileinfo.encode_file_info(qi.info_class, info, ctx)
         return _fit(req, data, qi.output_length, _FILE_FIXED.get(qi.info_class))
     if qi.info_type == InfoType.FILESYSTEM:
         with translate_oserror():
             fs = await req.server.io(vfs.statvfs)
+        attributes = fsinfo.DEFAULT_FS_ATTRIBUTES
+        if vfs.streams.supported:
+            attributes |= FsAttributes.NAMED_STREAMS
         data = fsinfo.encode_fs_info(qi.info_class, fs, volume_creation_time=vfs.volume_creation_time(),
-                                     label=op.tree.share.name)
+                                     label=op.tree.share.name, attributes=attributes)
         return _fit(req, data, qi.output_length, _FS_FIXED.get(qi.info_class))
     if qi.info_type == InfoType.SECURITY:
         return await _query_security(req, op, qi)
@@ -165,7 +171,7 @@ async def _query_security(req: "Request", op: Open, qi: QueryInfoRequest) -> byt
             and not op.granted_access & Access.READ_CONTROL):
         raise SmbError(NtStatus.ACCESS_DENIED)
     with translate_oserror():
-        sd = await req.server.io(effective_descriptor, op.fd, is_dir=op.is_dir)
+        sd = await req.server.io(effective_descriptor, op.meta_fd, is_dir=op.is_dir)
     data = sd.select(wanted).pack()
     if len(data) > qi.output_length:
         # 3.3.5.20.3: tell the client how much it needs, in a ULONG of ErrorData.
@@ -182,7 +188,7 @@ async def _query_eas(req: "Request", op: Open, qi: QueryInfoRequest) -> bytes:
     if not op.granted_access & Access.FILE_READ_EA:
         raise SmbError(NtStatus.ACCESS_DENIED)
     with translate_oserror():
-        stored = await req.server.io(list_eas, op.fd)
+        stored = await req.server.io(list_eas, op.meta_fd)
     if qi.input:
         try:
             wanted = ea.parse_get_ea_list(qi.input)
@@ -283,7 +289,7 @@ async def _set_security(req: "Request", op: Open, si: SetInfoRequest) -> None:
     if info & SecurityInformation.SACL:
         _need(op, Access.ACCESS_SYSTEM_SECURITY)
     with translate_oserror():
-        await req.server.io(set_descriptor, op.fd, sd, info)
+        await req.server.io(set_descriptor, op.meta_fd, sd, info)
 
 
 def _need(op: Open, bits: int) -> None:
@@ -303,7 +309,7 @@ async def _set_file_info(req: "Request", op: Open, si: SetInfoRequest) -> None:
         except ea.EaListError as e:
             raise SmbError(e.status, str(e)) from e
         try:
-            await server.io(set_eas, op.fd, [(e.name, e.value) for e in eas])
+            await server.io(set_eas, op.meta_fd, [(e.name, e.value) for e in eas])
         except OSError as e:
             raise SmbError(NtStatus.EAS_NOT_SUPPORTED, f"EAs: {e}") from e
         return
@@ -317,7 +323,7 @@ async def _set_file_info(req: "Request", op: Open, si: SetInfoRequest) -> None:
             if attrs & FileAttributes.TEMPORARY and op.is_dir:
                 raise SmbError(NtStatus.INVALID_PARAMETER, "TEMPORARY attribute on a directory")
             await server.io(lambda: vfs.set_basic_info(
-                op.fd, creation_time=value.creation_time, last_access_time=value.last_access_time,
+                op.meta_fd, creation_time=value.creation_time, last_access_time=value.last_access_time,
                 last_write_time=value.last_write_time, attributes=attrs & ~int(FileAttributes.DIRECTORY)))
         elif cls == FileInfoClass.FileRenameInformation:
             await _rename(req, op, value)
@@ -353,7 +359,7 @@ async def _set_disposition(req: "Request", op: Open, delete: bool) -> None:
         return
     if not op.components:
         raise SmbError(NtStatus.CANNOT_DELETE, "the share root")
-    info = await server.io(op.tree.vfs.stat_fd, op.fd, op.components[-1])
+    info = await server.io(streams.info_of, op)
     if info.attributes & FileAttributes.READONLY:
         raise SmbError(NtStatus.CANNOT_DELETE)
     if op.is_dir and not await server.io(op.tree.vfs.is_empty_dir, op.fd):
@@ -370,6 +376,18 @@ async def _rename(req: "Request", op: Open, value) -> None:
     vfs = op.tree.vfs
     if not op.components:
         raise SmbError(NtStatus.ACCESS_DENIED, "the share root")
+    if value.file_name.startswith(":"):
+        # A stream rename within the same file (MS-FSA 2.1.5.15.11.1).
+        if op.stream is None:
+            raise SmbError(NtStatus.INVALID_PARAMETER, "a stream name for the file's own handle")
+        if sharemode.others_hold(op.fd, sharemode.DENY_DELETE):
+            raise SmbError(NtStatus.SHARING_VIOLATION)
+        await server.io(streams.rename_stream, server, op, value.file_name, value.replace_if_exists)
+        return
+    if op.stream is not None:
+        # A stream's handle cannot move the stream to another file, nor rename its file: the
+        # file is open (this very handle holds it), as Windows answers.
+        raise SmbError(NtStatus.SHARING_VIOLATION, "rename of a stream to a path")
     target = value.file_name.lstrip("\\")
     dst = vfs.parse_name(target)
     if not dst:
@@ -384,6 +402,10 @@ async def _rename(req: "Request", op: Open, value) -> None:
             raise SmbError(NtStatus.ACCESS_DENIED, "open files below the directory")
     if sharemode.others_hold(op.fd, sharemode.DENY_DELETE):
         raise SmbError(NtStatus.SHARING_VIOLATION)
+    if sharemode.others_hold(op.fd, sharemode.HAS_STREAM_OPEN):
+        # A file with an open stream keeps its name, in any worker (smbtorture
+        # smb2.streams.basefile-rename-with-open-stream).
+        raise SmbError(NtStatus.ACCESS_DENIED, "a stream of the file is open")
     from ..leases import lease_manager
     await lease_manager(server).break_for_namespace_change(req, op)  # other keys lose H first
     await server.io(lambda: vfs.rename(src, dst, replace=value.replace_if_exists))
