@@ -1,19 +1,36 @@
 """Directory change watches for CHANGE_NOTIFY, on Linux inotify (MS-SMB2 3.3.5.19, MS-FSA 2.1.5.11).
 
 inotify reports changes made by any process, so a client is told of changes made through
-another client's worker too. Events are buffered per Open between requests, as Windows
-does after the first CHANGE_NOTIFY on a handle; an overflowing buffer turns into
-STATUS_NOTIFY_ENUM_DIR ("something changed, enumerate again").
+another client's worker too (and of changes made on the server outside SMB).
+
+Two parts:
+
+* :func:`changes_for` (pure) turns a batch of inotify events into the change records Windows
+  reports (MS-FSCC 2.7.1 actions, MS-SMB2 2.2.35 filter bits): a rename within one directory is
+  OLD_NAME + NEW_NAME, a move between directories REMOVED + ADDED, a file that moved or was
+  renamed is also MODIFIED for a watcher of ATTRIBUTES alone (NTFS changes its ChangeTime).
+* :class:`Watch` holds one handle's inotify instance.  The first CHANGE_NOTIFY fixes the filter
+  and WATCH_TREE for the life of the handle, as Windows does (smbtorture smb2.notify.mask-change).
+  Each change goes to the oldest pending request, alone; with none pending it is buffered for
+  the next.  The buffer holds what the first request's OutputBufferLength holds: past that,
+  the changes are dropped and the next answer is STATUS_NOTIFY_ENUM_DIR (a first request of
+  one byte makes every answer ENUM_DIR: smbtorture smb2.notify.valid-req).  Every pending
+  request gets an answer: the changes, NOTIFY_ENUM_DIR, STATUS_DELETE_PENDING when the directory
+  is deleted (here or by another worker), NOTIFY_CLEANUP when the handle closes.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import ctypes
 import ctypes.util
 import errno
 import os
 import struct
 from dataclasses import dataclass
+from typing import Callable
+
+from smbd.status import NtStatus
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.inotify_init1.argtypes = [ctypes.c_int]
@@ -30,10 +47,12 @@ IN_DELETE_SELF = 0x400
 IN_MOVE_SELF = 0x800
 IN_Q_OVERFLOW = 0x4000
 IN_IGNORED = 0x8000
+IN_ONLYDIR = 0x01000000
 IN_ISDIR = 0x40000000
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
-_MASK = IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF
+_MASK = (IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF
+         | IN_MOVE_SELF)
 _EVENT = struct.Struct("iIII")
 
 # FILE_NOTIFY_CHANGE_* completion filter bits (MS-SMB2 2.2.35) and actions (MS-FSCC 2.7.1).
@@ -52,39 +71,95 @@ ACTION_MODIFIED = 3
 ACTION_RENAMED_OLD_NAME = 4
 ACTION_RENAMED_NEW_NAME = 5
 
-MAX_BUFFERED = 4096  # events kept per handle before we only say "enumerate again"
+# An IN_ATTRIB is a change of times, mode, owner or xattrs (which hold attributes, EAs, the
+# security descriptor and the creation time): inotify does not say which.
+_ATTRIB_FILTER = (CHANGE_ATTRIBUTES | CHANGE_LAST_WRITE | CHANGE_LAST_ACCESS | CHANGE_SECURITY | CHANGE_EA
+                  | CHANGE_CREATION)
+_MODIFY_FILTER = CHANGE_SIZE | CHANGE_LAST_WRITE
+
+MAX_BUFFERED = 4096  # changes kept per handle before we only say "enumerate again"
 MAX_SUBTREE_WATCHES = 4096  # WATCH_TREE adds one watch per directory, bounded
+UNPAIRED_MOVE_WAIT = 0.02  # seconds an IN_MOVED_FROM waits for its IN_MOVED_TO in a later read
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    """One inotify event, its watch already turned into the directory's relative path."""
+
+    rel: str  # the watched directory, relative to the watch's root ("" for the root)
+    mask: int
+    cookie: int
+    name: str
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
+    """One FILE_NOTIFY_INFORMATION record (MS-FSCC 2.7.1) and the filter bits that report it:
+    a watch sees it when its filter has one of ``filter`` and none of ``unless``."""
+
     action: int
     name: str  # relative to the watched directory, backslash separated
+    filter: int
+    unless: int = 0
+
+    def seen_by(self, completion_filter: int) -> bool:
+        return bool(self.filter & completion_filter) and not self.unless & completion_filter
 
 
-def _filter_for(mask: int) -> int:
-    """The completion-filter bits an inotify event can satisfy."""
-    isdir = bool(mask & IN_ISDIR)
-    name_bit = CHANGE_DIR_NAME if isdir else CHANGE_FILE_NAME
-    if mask & (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO):
-        return name_bit
-    if mask & IN_MODIFY:
-        return CHANGE_SIZE | CHANGE_LAST_WRITE
-    if mask & IN_ATTRIB:
-        return CHANGE_ATTRIBUTES | CHANGE_LAST_WRITE | CHANGE_SECURITY | CHANGE_EA | CHANGE_CREATION
-    return 0
+def _join(rel: str, name: str) -> str:
+    return f"{rel}\\{name}" if rel else name
 
 
-def _action_for(mask: int) -> int:
-    if mask & IN_CREATE:
-        return ACTION_ADDED
-    if mask & IN_DELETE:
-        return ACTION_REMOVED
-    if mask & IN_MOVED_FROM:
-        return ACTION_RENAMED_OLD_NAME
-    if mask & IN_MOVED_TO:
-        return ACTION_RENAMED_NEW_NAME
-    return ACTION_MODIFIED
+def _name_filter(mask: int) -> int:
+    return CHANGE_DIR_NAME if mask & IN_ISDIR else CHANGE_FILE_NAME
+
+
+def changes_for(events: list[RawEvent]) -> list[list[Change]]:
+    """The change records of a batch of events, in order, grouped as they must be delivered
+    (a rename's two names go together).  IN_MOVED_FROM without its IN_MOVED_TO in the batch
+    is a REMOVED (moved out of the watched tree), IN_MOVED_TO alone an ADDED."""
+    groups: list[list[Change]] = []
+    used: set[int] = set()
+    for i, ev in enumerate(events):
+        if i in used:
+            continue
+        name = _join(ev.rel, ev.name)
+        names = _name_filter(ev.mask)
+        if ev.mask & IN_CREATE:
+            groups.append([Change(ACTION_ADDED, name, names)])
+        elif ev.mask & IN_DELETE:
+            groups.append([Change(ACTION_REMOVED, name, names)])
+        elif ev.mask & IN_MOVED_FROM:
+            j = next((k for k in range(i + 1, len(events)) if k not in used
+                      and events[k].mask & IN_MOVED_TO and events[k].cookie == ev.cookie), None)
+            if j is None:
+                groups.append([Change(ACTION_REMOVED, name, names)])
+                continue
+            used.add(j)
+            new = _join(events[j].rel, events[j].name)
+            if events[j].rel == ev.rel:
+                group = [Change(ACTION_RENAMED_OLD_NAME, name, names), Change(ACTION_RENAMED_NEW_NAME, new, names)]
+            else:
+                group = [Change(ACTION_REMOVED, name, names), Change(ACTION_ADDED, new, names)]
+            if not ev.mask & IN_ISDIR:
+                group.append(Change(ACTION_MODIFIED, new, CHANGE_ATTRIBUTES, unless=CHANGE_FILE_NAME))
+            groups.append(group)
+        elif ev.mask & IN_MOVED_TO:
+            group = [Change(ACTION_ADDED, name, names)]
+            if not ev.mask & IN_ISDIR:
+                group.append(Change(ACTION_MODIFIED, name, CHANGE_ATTRIBUTES, unless=CHANGE_FILE_NAME))
+            groups.append(group)
+        elif ev.mask & IN_MODIFY:
+            groups.append([Change(ACTION_MODIFIED, name, _MODIFY_FILTER)])
+        elif ev.mask & IN_ATTRIB:
+            groups.append([Change(ACTION_MODIFIED, name, _ATTRIB_FILTER)])
+    return groups
+
+
+def _record_size(change: Change) -> int:
+    """Bytes one FILE_NOTIFY_INFORMATION takes, padding included."""
+    size = 12 + len(change.name.encode("utf-16-le"))
+    return size + (-size % 4)
 
 
 def encode_changes(changes: list[Change], max_bytes: int) -> bytes | None:
@@ -104,104 +179,243 @@ def encode_changes(changes: list[Change], max_bytes: int) -> bytes | None:
     return bytes(out)
 
 
-class Watch:
-    """inotify watches on one open directory (and its subtree for WATCH_TREE)."""
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a CHANGE_NOTIFY gets: ``data`` with NT_STATUS ``status`` (SUCCESS with records,
+    NOTIFY_ENUM_DIR or NOTIFY_CLEANUP with none, DELETE_PENDING as an error)."""
 
-    def __init__(self, dir_path: str, recursive: bool, completion_filter: int):
+    status: int
+    data: bytes = b""
+
+
+class Watch:
+    """inotify watches on one open directory (and its subtree for WATCH_TREE).
+
+    Lives on the event loop; :meth:`close` and :meth:`directory_deleted` may be called from any
+    thread (a handle is closed on an I/O thread)."""
+
+    def __init__(self, dir_fd: int, recursive: bool, completion_filter: int, buffer_size: int):
         self.filter = completion_filter
         self.recursive = recursive
-        self.changes: list[Change] = []
-        self.overflow = False
+        self.buffer_size = buffer_size
         self.closed = False
-        self.event = asyncio.Event()
+        self._buffer: list[Change] = []
+        self._buffered_bytes = 0
+        self._overflow = False
+        self._gone: int | None = None  # the status every request gets once the directory is deleted
+        self._waiters: collections.deque[tuple[asyncio.Future, int]] = collections.deque()
+        self._held: list[RawEvent] = []  # an IN_MOVED_FROM waiting for its IN_MOVED_TO
+        self._held_timer: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+        self._root_fd = os.dup(dir_fd)  # the directory itself: its path, even after a rename
         self._fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if self._fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1")
-        self._paths: dict[int, str] = {}
-        self.root = dir_path
-        self._loop = asyncio.get_running_loop()
-        self._add(dir_path, "")
+            err = ctypes.get_errno()
+            os.close(self._root_fd)
+            raise OSError(err, "inotify_init1")
+        self._rel: dict[int, str] = {}
+        self._root_wd = self._add(f"/proc/self/fd/{self._root_fd}", "")
+        # IN_DELETE_SELF only comes once the last fd of the directory is closed, and this
+        # handle holds one: the parent's IN_DELETE (or a move away) tells of a delete at once.
+        self._parent_wd = -1
+        self._watch_parent()
         if recursive:
-            self._add_subtree(dir_path, "")
-        asyncio.get_running_loop().add_reader(self._fd, self._readable)
+            self._add_subtree("")
+        self._loop.add_reader(self._fd, self._readable)
 
-    def _add(self, path: str, rel: str) -> None:
-        if len(self._paths) >= MAX_SUBTREE_WATCHES:
-            self.overflow = True
+    # -- requests ------------------------------------------------------------------------------
+    def poll(self, max_bytes: int) -> Answer | None:
+        """The answer a new request gets at once, or None when it has to wait."""
+        if self.closed:
+            return Answer(NtStatus.NOTIFY_CLEANUP)
+        if self._buffer or self._overflow:
+            changes, self._buffer = self._buffer, []
+            overflow, self._overflow = self._overflow, False
+            self._buffered_bytes = 0
+            data = None if overflow else encode_changes(changes, max_bytes)
+            return Answer(NtStatus.NOTIFY_ENUM_DIR) if data is None else Answer(NtStatus.SUCCESS, data)
+        if self._gone is not None:
+            return Answer(self._gone)
+        return None
+
+    def wait(self, max_bytes: int) -> asyncio.Future:
+        """A future for the next change (call after :meth:`poll` said None)."""
+        fut = self._loop.create_future()
+        self._waiters.append((fut, max_bytes))
+        return fut
+
+    def forget(self, fut: asyncio.Future) -> None:
+        """A cancelled request: it takes no change."""
+        self._waiters = collections.deque((f, n) for f, n in self._waiters if f is not fut)
+
+    def _deliver(self, group: list[Change]) -> None:
+        seen = [c for c in group if c.seen_by(self.filter)]
+        if not seen:
             return
+        while self._waiters:
+            fut, max_bytes = self._waiters.popleft()
+            if fut.done():
+                continue
+            data = encode_changes(seen, max_bytes)
+            fut.set_result(Answer(NtStatus.NOTIFY_ENUM_DIR) if data is None else Answer(NtStatus.SUCCESS, data))
+            return
+        if self._overflow:
+            return
+        size = sum(_record_size(c) for c in seen)
+        if len(self._buffer) + len(seen) > MAX_BUFFERED or self._buffered_bytes + size > self.buffer_size:
+            self._overflow = True
+            self._buffer.clear()
+            self._buffered_bytes = 0
+            return
+        self._buffer.extend(seen)
+        self._buffered_bytes += size
+
+    def _answer_all(self, answer: Answer) -> None:
+        while self._waiters:
+            fut, _ = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(answer)
+
+    # -- inotify -------------------------------------------------------------------------------
+    def _add(self, path: str, rel: str) -> int:
+        if len(self._rel) >= MAX_SUBTREE_WATCHES:
+            self._overflow = True
+            return -1
         wd = _libc.inotify_add_watch(self._fd, os.fsencode(path), _MASK)
         if wd >= 0:
-            self._paths[wd] = rel
+            self._rel[wd] = rel
+        return wd
 
-    def _add_subtree(self, path: str, rel: str) -> None:
+    def _path(self, rel: str) -> str:
+        base = f"/proc/self/fd/{self._root_fd}"
+        return os.path.join(base, *rel.split("\\")) if rel else base
+
+    def _add_subtree(self, rel: str, report: Callable[[str, bool], None] | None = None) -> None:
+        """Watch every directory below ``rel``; ``report`` is told of each entry found (a
+        directory made just now may have gained entries before its watch existed)."""
         try:
-            with os.scandir(path) as it:
-                for entry in it:
-                    if entry.is_dir(follow_symlinks=False):
-                        sub_rel = f"{rel}\\{entry.name}" if rel else entry.name
-                        self._add(entry.path, sub_rel)
-                        self._add_subtree(entry.path, sub_rel)
+            with os.scandir(self._path(rel)) as it:
+                entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
         except OSError:
-            pass
+            return
+        for name, is_dir in entries:
+            sub = _join(rel, name)
+            if report is not None:
+                report(sub, is_dir)
+            if is_dir:
+                self._add(self._path(sub), sub)
+                self._add_subtree(sub, report)
+
+    def _watch_parent(self) -> None:
+        try:
+            parent = os.path.dirname(os.readlink(f"/proc/self/fd/{self._root_fd}"))
+        except OSError:
+            return
+        wd = _libc.inotify_add_watch(self._fd, os.fsencode(parent), IN_DELETE | IN_MOVED_FROM | IN_ONLYDIR)
+        self._parent_wd = wd if wd >= 0 else -1
+
+    def _check_deleted(self) -> None:
+        try:
+            if os.fstat(self._root_fd).st_nlink == 0:
+                self.directory_deleted()
+                return
+        except OSError:
+            return
+        self._watch_parent()  # moved: the new parent is the one to watch
+
+    def _rename_subtree(self, old: str, new: str) -> None:
+        for wd, rel in list(self._rel.items()):
+            if rel == old or rel.startswith(old + "\\"):
+                self._rel[wd] = new + rel[len(old):]
 
     def _readable(self) -> None:
         try:
             data = os.read(self._fd, 65536)
         except OSError as e:
             if e.errno != errno.EAGAIN:
-                self.close()
+                self._overflow = True
             return
+        events: list[RawEvent] = self._held
+        self._held = []
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+            self._held_timer = None
+        found: list[tuple[str, bool]] = []  # entries of directories that appeared in the tree
         pos = 0
         while pos + _EVENT.size <= len(data):
-            wd, mask, _cookie, length = _EVENT.unpack_from(data, pos)
+            wd, mask, cookie, length = _EVENT.unpack_from(data, pos)
             raw = data[pos + _EVENT.size:pos + _EVENT.size + length].split(b"\0", 1)[0]
             pos += _EVENT.size + length
-            self._event(wd, mask, os.fsdecode(raw))
-        self.event.set()
+            if mask & IN_Q_OVERFLOW:
+                self._overflow = True
+                continue
+            if mask & IN_IGNORED:
+                self._rel.pop(wd, None)
+                continue
+            if wd == self._root_wd and mask & IN_DELETE_SELF:
+                self.directory_deleted()
+                continue
+            if wd == self._parent_wd and wd not in self._rel:
+                self._check_deleted()
+                continue
+            rel = self._rel.get(wd)
+            name = os.fsdecode(raw)
+            if rel is None or not name:
+                continue
+            events.append(RawEvent(rel, mask, cookie, name))
+            if self.recursive and mask & IN_ISDIR and mask & IN_MOVED_TO:
+                moved = next((e for e in events if e.mask & IN_MOVED_FROM and e.cookie == cookie), None)
+                if moved is not None:  # renamed inside the tree: its watches keep going
+                    self._rename_subtree(_join(moved.rel, moved.name), _join(rel, name))
+                    continue
+            if self.recursive and mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
+                sub = _join(rel, name)
+                if self._add(self._path(sub), sub) >= 0:
+                    self._add_subtree(sub, lambda n, d: found.append((n, d)))
+        if events and events[-1].mask & IN_MOVED_FROM and not self._overflow:
+            # Its IN_MOVED_TO may be in the next read: hold it a moment.
+            self._held = [events.pop()]
+            self._held_timer = self._loop.call_later(UNPAIRED_MOVE_WAIT, self._flush_held)
+        self._apply(events, found)
 
-    def _event(self, wd: int, mask: int, name: str) -> None:
-        if mask & IN_Q_OVERFLOW:
-            self.overflow = True
+    def _apply(self, events: list[RawEvent], found: list[tuple[str, bool]] = ()) -> None:
+        if self._overflow:
+            # Changes were lost: the next answer says "enumerate again" (3.3.5.19).
+            self._buffer.clear()
+            self._buffered_bytes = 0
+            if self._waiters:
+                self._answer_all(Answer(NtStatus.NOTIFY_ENUM_DIR))
+                self._overflow = False
             return
-        if mask & IN_IGNORED:
-            self._paths.pop(wd, None)
-            return
-        rel = self._paths.get(wd)
-        if rel is None or not name:
-            return
-        full = f"{rel}\\{name}" if rel else name
-        if self.recursive and mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
-            base = self._base_path(wd)
-            if base is not None:
-                self._add(os.path.join(base, name), full)
-        if not _filter_for(mask) & self.filter:
-            return
-        if len(self.changes) >= MAX_BUFFERED:
-            self.overflow = True
-            return
-        self.changes.append(Change(_action_for(mask), full))
+        for group in changes_for(events):
+            self._deliver(group)
+        for rel, is_dir in found:
+            self._deliver([Change(ACTION_ADDED, rel, CHANGE_DIR_NAME if is_dir else CHANGE_FILE_NAME)])
 
-    def _base_path(self, wd: int) -> str | None:
-        # inotify does not tell the path of a watch; keep the root to rebuild it.
-        rel = self._paths.get(wd)
-        if rel is None or self.root is None:
-            return None
-        return os.path.join(self.root, *rel.split("\\")) if rel else self.root
+    def _flush_held(self) -> None:
+        self._held_timer = None
+        held, self._held = self._held, []
+        if held and not self.closed:
+            self._apply(held)
 
-    def take(self, max_bytes: int) -> tuple[bool, bytes]:
-        """(enum_dir, data): the buffered changes, or enum_dir=True when they were lost or do not fit."""
-        changes, self.changes = self.changes, []
-        overflow, self.overflow = self.overflow, False
-        self.event.clear()
-        if overflow:
-            return True, b""
-        data = encode_changes(changes, max_bytes)
-        if data is None:
-            return True, b""
-        return False, data
+    # -- the end of the watch ------------------------------------------------------------------
+    def directory_deleted(self) -> None:
+        """The directory is deleted (or delete-pending): every request now gets DELETE_PENDING.
+        Safe from any thread."""
+        def on_loop() -> None:
+            if self._gone is None:
+                self._gone = NtStatus.DELETE_PENDING
+                self._answer_all(Answer(NtStatus.DELETE_PENDING))
+        if self._on_loop_thread():
+            on_loop()
+        else:
+            self._loop.call_soon_threadsafe(on_loop)
 
-    def has_news(self) -> bool:
-        return bool(self.changes) or self.overflow
+    def _on_loop_thread(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
 
     def close(self) -> None:
         """Safe from any thread: the handle may be closed on an I/O thread."""
@@ -212,8 +426,12 @@ class Watch:
             self._loop.call_soon_threadsafe(self._close_on_loop)
         except RuntimeError:  # the loop is gone (shutdown): nothing to unregister from
             os.close(self._fd)
+            os.close(self._root_fd)
 
     def _close_on_loop(self) -> None:
+        if self._held_timer is not None:
+            self._held_timer.cancel()
         self._loop.remove_reader(self._fd)
         os.close(self._fd)
-        self.event.set()
+        os.close(self._root_fd)
+        self._answer_all(Answer(NtStatus.NOTIFY_CLEANUP))

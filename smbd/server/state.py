@@ -233,6 +233,12 @@ class ServerState:
 
     def set_delete_pending(self, key: int) -> None:
         self._delete_pending.add(key)
+        # A directory with a pending CHANGE_NOTIFY: the request completes with
+        # STATUS_DELETE_PENDING now (smbtorture smb2.notify.rmdir1/2); another worker's
+        # watches learn it from inotify when the directory really goes.
+        for op in self.opens.values():
+            if op.file_key == key and op.notify is not None:
+                op.notify.directory_deleted()
 
     def clear_delete_pending(self, key: int) -> None:
         self._delete_pending.discard(key)

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import TYPE_CHECKING
 
 from smbd.status import NtStatus, SmbError
 from smbd.wire.control import WATCH_TREE, ChangeNotifyRequest, output_response
 from smbd.wire.create import Access
 
-from ..notify import Watch
+from ..notify import Answer, Watch
 
 if TYPE_CHECKING:
     from ..connection import Request
@@ -25,30 +24,34 @@ async def handle_change_notify(req: "Request") -> bytes:
     if cn.output_length > req.server.config.max_io_size:
         raise SmbError(NtStatus.INVALID_PARAMETER)
     if op.notify is None:
-        path = os.readlink(f"/proc/self/fd/{op.fd}")
-        op.notify = Watch(path, bool(cn.flags & WATCH_TREE), cn.completion_filter)
+        # The first request's filter, WATCH_TREE and buffer size hold until the handle closes.
+        op.notify = Watch(op.fd, bool(cn.flags & WATCH_TREE), cn.completion_filter, cn.output_length)
+        if req.server.delete_pending(op.file_key):
+            op.notify.directory_deleted()
     watch = op.notify
-    if not watch.has_news():
+    answer = watch.poll(cn.output_length)
+    if answer is None:
+        waiter = watch.wait(cn.output_length)
         await req.go_async()
-        waiter = asyncio.ensure_future(watch.event.wait())
         cancelled = asyncio.ensure_future(req.cancelled.wait())
         try:
-            while not watch.has_news() and not watch.closed and not req.cancelled.is_set():
-                watch.event.clear()
-                await asyncio.wait({waiter, cancelled}, return_when=asyncio.FIRST_COMPLETED)
-                if waiter.done() and not watch.has_news():
-                    waiter = asyncio.ensure_future(watch.event.wait())
+            await asyncio.wait({waiter, cancelled}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            waiter.cancel()
             cancelled.cancel()
-        if req.cancelled.is_set():
+        if not waiter.done():
+            watch.forget(waiter)
+            waiter.cancel()
             raise SmbError(NtStatus.CANCELLED)
-        if watch.closed or op.closed:
-            req.status = NtStatus.NOTIFY_CLEANUP
-            return output_response(b"")
-    enum_dir, data = watch.take(cn.output_length)
-    if enum_dir:
-        # A success-class status with an empty buffer: "changed, enumerate again" (3.3.5.19).
-        req.status = NtStatus.NOTIFY_ENUM_DIR
+        answer = waiter.result()
+    return _respond(req, answer)
+
+
+def _respond(req: "Request", answer: Answer) -> bytes:
+    if answer.status == NtStatus.SUCCESS:
+        return output_response(answer.data)
+    if answer.status in (NtStatus.NOTIFY_ENUM_DIR, NtStatus.NOTIFY_CLEANUP):
+        # Success-class statuses with an empty buffer: "changed, enumerate again" and "the
+        # handle was closed" (3.3.5.19).
+        req.status = answer.status
         return output_response(b"")
-    return output_response(data)
+    raise SmbError(answer.status)
