@@ -228,3 +228,43 @@ def test_the_first_requests_size_is_the_buffer_for_later_changes(folder):
     answer, second = run(go())
     assert answer.status == NtStatus.NOTIFY_ENUM_DIR
     assert second.status == NtStatus.NOTIFY_ENUM_DIR
+
+
+def test_stream_changes_of_files_in_the_directory(tmp_path):
+    """Streams live in the depot: a watch of STREAM_NAME/SIZE sees them as file:stream, also
+    for a file whose first stream comes after the watch started."""
+    from smbd.vfs import Share
+
+    share = Share(str(tmp_path))
+    if not share.streams.supported:
+        share.close()
+        pytest.skip("no user xattrs here")
+    (tmp_path / "old.txt").write_bytes(b"x")
+    (tmp_path / "new.txt").write_bytes(b"y")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    old_fd = os.open(tmp_path / "old.txt", os.O_RDONLY)
+    new_fd = os.open(tmp_path / "new.txt", os.O_RDONLY)
+    os.close(share.streams.open(old_fd, "before", create=True, exclusive=True, write=True, truncate=False).fd)
+
+    async def go():
+        w = n.Watch(fd, False, n.CHANGE_STREAM_NAME | n.CHANGE_STREAM_SIZE, 4096, streams=share.streams)
+        s = share.streams.open(old_fd, "Zone.Identifier", create=True, exclusive=True, write=True, truncate=False)
+        os.write(s.fd, b"[ZoneTransfer]")
+        os.close(s.fd)
+        share.streams.remove(old_fd, "before")
+        os.close(share.streams.open(new_fd, "first", create=True, exclusive=True, write=True,
+                                    truncate=False).fd)
+        await asyncio.sleep(0.2)
+        answer = w.poll(4096)
+        w.close()
+        return answer
+    try:
+        answer = run(go())
+    finally:
+        for f in (fd, old_fd, new_fd):
+            os.close(f)
+        share.close()
+    assert decode(answer.data) == [(n.ACTION_ADDED_STREAM, "old.txt:Zone.Identifier"),
+                                   (n.ACTION_MODIFIED_STREAM, "old.txt:Zone.Identifier"),
+                                   (n.ACTION_REMOVED_STREAM, "old.txt:before"),
+                                   (n.ACTION_ADDED_STREAM, "new.txt:first")]

@@ -9,6 +9,11 @@ Two parts:
   reports (MS-FSCC 2.7.1 actions, MS-SMB2 2.2.35 filter bits): a rename within one directory is
   OLD_NAME + NEW_NAME, a move between directories REMOVED + ADDED, a file that moved or was
   renamed is also MODIFIED for a watcher of ATTRIBUTES alone (NTFS changes its ChangeTime).
+* Named streams are files of the stream depot (smbd.vfs.streams): a watch whose filter asks
+  for stream changes also watches the stream folders of the files it covers and reports
+  ADDED_STREAM, REMOVED_STREAM and MODIFIED_STREAM as ``file:stream``.  A file gets its folder
+  with its first stream, which writes its folder id (an IN_ATTRIB on the file): that is when
+  the watch finds the folder, and reports the streams already in it as added.
 * :class:`Watch` holds one handle's inotify instance.  The first CHANGE_NOTIFY fixes the filter
   and WATCH_TREE for the life of the handle, as Windows does (smbtorture smb2.notify.mask-change).
   Each change goes to the oldest pending request, alone; with none pending it is buffered for
@@ -65,11 +70,18 @@ CHANGE_LAST_ACCESS = 0x020
 CHANGE_CREATION = 0x040
 CHANGE_EA = 0x080
 CHANGE_SECURITY = 0x100
+CHANGE_STREAM_NAME = 0x200
+CHANGE_STREAM_SIZE = 0x400
+CHANGE_STREAM_WRITE = 0x800
+_STREAM_FILTERS = CHANGE_STREAM_NAME | CHANGE_STREAM_SIZE | CHANGE_STREAM_WRITE
 ACTION_ADDED = 1
 ACTION_REMOVED = 2
 ACTION_MODIFIED = 3
 ACTION_RENAMED_OLD_NAME = 4
 ACTION_RENAMED_NEW_NAME = 5
+ACTION_ADDED_STREAM = 6
+ACTION_REMOVED_STREAM = 7
+ACTION_MODIFIED_STREAM = 8
 
 # An IN_ATTRIB is a change of times, mode, owner or xattrs (which hold attributes, EAs, the
 # security descriptor and the creation time): inotify does not say which.
@@ -90,6 +102,7 @@ class RawEvent:
     mask: int
     cookie: int
     name: str
+    streams_of: bool = False  # an event in the stream folder of the file ``rel``; ``name`` is a stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +135,15 @@ def changes_for(events: list[RawEvent]) -> list[list[Change]]:
     used: set[int] = set()
     for i, ev in enumerate(events):
         if i in used:
+            continue
+        if ev.streams_of:
+            stream = f"{ev.rel}:{ev.name}"
+            if ev.mask & (IN_CREATE | IN_MOVED_TO):
+                groups.append([Change(ACTION_ADDED_STREAM, stream, CHANGE_STREAM_NAME)])
+            elif ev.mask & (IN_DELETE | IN_MOVED_FROM):
+                groups.append([Change(ACTION_REMOVED_STREAM, stream, CHANGE_STREAM_NAME)])
+            elif ev.mask & IN_MODIFY:
+                groups.append([Change(ACTION_MODIFIED_STREAM, stream, CHANGE_STREAM_SIZE | CHANGE_STREAM_WRITE)])
             continue
         name = _join(ev.rel, ev.name)
         names = _name_filter(ev.mask)
@@ -194,7 +216,8 @@ class Watch:
     Lives on the event loop; :meth:`close` and :meth:`directory_deleted` may be called from any
     thread (a handle is closed on an I/O thread)."""
 
-    def __init__(self, dir_fd: int, recursive: bool, completion_filter: int, buffer_size: int):
+    def __init__(self, dir_fd: int, recursive: bool, completion_filter: int, buffer_size: int,
+                 streams=None):
         self.filter = completion_filter
         self.recursive = recursive
         self.buffer_size = buffer_size
@@ -214,13 +237,21 @@ class Watch:
             os.close(self._root_fd)
             raise OSError(err, "inotify_init1")
         self._rel: dict[int, str] = {}
+        # Stream folders watched for stream changes: wd -> the file's relative name.
+        self._streams = streams if completion_filter & _STREAM_FILTERS else None
+        self._stream_wds: dict[int, str] = {}
+        self._stream_folders: dict[int, str] = {}  # wd -> folder path
         self._root_wd = self._add(f"/proc/self/fd/{self._root_fd}", "")
         # IN_DELETE_SELF only comes once the last fd of the directory is closed, and this
         # handle holds one: the parent's IN_DELETE (or a move away) tells of a delete at once.
         self._parent_wd = -1
         self._watch_parent()
+        if os.fstat(self._root_fd).st_nlink == 0:  # deleted before the watches were in place
+            self._gone = NtStatus.DELETE_PENDING
         if recursive:
             self._add_subtree("")
+        if self._streams is not None:
+            self._watch_stream_folders("", self.recursive)
         self._loop.add_reader(self._fd, self._readable)
 
     # -- requests ------------------------------------------------------------------------------
@@ -290,21 +321,50 @@ class Watch:
         base = f"/proc/self/fd/{self._root_fd}"
         return os.path.join(base, *rel.split("\\")) if rel else base
 
+    def _entries(self, rel: str) -> list[tuple[str, bool]]:
+        """(name, is a directory) of each entry of the directory ``rel``; none if it is gone."""
+        try:
+            with os.scandir(self._path(rel)) as it:
+                return [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        except OSError:
+            return []
+
     def _add_subtree(self, rel: str, report: Callable[[str, bool], None] | None = None) -> None:
         """Watch every directory below ``rel``; ``report`` is told of each entry found (a
         directory made just now may have gained entries before its watch existed)."""
-        try:
-            with os.scandir(self._path(rel)) as it:
-                entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
-        except OSError:
-            return
-        for name, is_dir in entries:
+        for name, is_dir in self._entries(rel):
             sub = _join(rel, name)
             if report is not None:
                 report(sub, is_dir)
             if is_dir:
                 self._add(self._path(sub), sub)
                 self._add_subtree(sub, report)
+
+    def _watch_stream_folder(self, rel: str, report: list[RawEvent] | None = None) -> None:
+        """Watch the stream folder of the file ``rel`` if it has one not yet watched; with
+        ``report``, what is in it already is reported as added (the folder is new)."""
+        folder = self._streams.folder_path(self._path(rel))
+        if (folder is None or folder in self._stream_folders.values()
+                or len(self._rel) + len(self._stream_wds) >= MAX_SUBTREE_WATCHES):
+            return
+        wd = _libc.inotify_add_watch(self._fd, os.fsencode(folder),
+                                     IN_CREATE | IN_DELETE | IN_MODIFY | IN_MOVED_FROM | IN_MOVED_TO | IN_ONLYDIR)
+        if wd < 0:
+            return
+        self._stream_wds[wd] = rel
+        self._stream_folders[wd] = folder
+        if report is not None:
+            try:
+                report += [RawEvent(rel, IN_CREATE, 0, name, streams_of=True) for name in os.listdir(folder)]
+            except OSError:
+                pass
+
+    def _watch_stream_folders(self, rel: str, recursive: bool) -> None:
+        for name, is_dir in self._entries(rel):
+            sub = _join(rel, name)
+            self._watch_stream_folder(sub)
+            if is_dir and recursive:
+                self._watch_stream_folders(sub, recursive)
 
     def _watch_parent(self) -> None:
         try:
@@ -324,9 +384,10 @@ class Watch:
         self._watch_parent()  # moved: the new parent is the one to watch
 
     def _rename_subtree(self, old: str, new: str) -> None:
-        for wd, rel in list(self._rel.items()):
-            if rel == old or rel.startswith(old + "\\"):
-                self._rel[wd] = new + rel[len(old):]
+        for table in (self._rel, self._stream_wds):
+            for wd, rel in list(table.items()):
+                if rel == old or rel.startswith(old + "\\"):
+                    table[wd] = new + rel[len(old):]
 
     def _readable(self) -> None:
         try:
@@ -351,6 +412,8 @@ class Watch:
                 continue
             if mask & IN_IGNORED:
                 self._rel.pop(wd, None)
+                self._stream_wds.pop(wd, None)
+                self._stream_folders.pop(wd, None)
                 continue
             if wd == self._root_wd and mask & IN_DELETE_SELF:
                 self.directory_deleted()
@@ -358,11 +421,24 @@ class Watch:
             if wd == self._parent_wd and wd not in self._rel:
                 self._check_deleted()
                 continue
-            rel = self._rel.get(wd)
             name = os.fsdecode(raw)
+            stream_of = self._stream_wds.get(wd)
+            if stream_of is not None:
+                if name:
+                    events.append(RawEvent(stream_of, mask, cookie, name, streams_of=True))
+                continue
+            rel = self._rel.get(wd)
             if rel is None or not name:
                 continue
             events.append(RawEvent(rel, mask, cookie, name))
+            if self._streams is not None and mask & (IN_ATTRIB | IN_CREATE | IN_MOVED_TO):
+                # A folder found through the id's IN_ATTRIB is new: its streams were just added.
+                # A file moved in brings its streams along: nothing to report for them.
+                self._watch_stream_folder(_join(rel, name), events if mask & IN_ATTRIB else None)
+            if mask & IN_MOVED_TO and not mask & IN_ISDIR:
+                moved = next((e for e in events if e.mask & IN_MOVED_FROM and e.cookie == cookie), None)
+                if moved is not None:  # a file renamed in the tree: its stream folder follows
+                    self._rename_subtree(_join(moved.rel, moved.name), _join(rel, name))
             if self.recursive and mask & IN_ISDIR and mask & IN_MOVED_TO:
                 moved = next((e for e in events if e.mask & IN_MOVED_FROM and e.cookie == cookie), None)
                 if moved is not None:  # renamed inside the tree: its watches keep going

@@ -52,13 +52,18 @@ def check_component(component: str) -> None:
         raise _invalid("empty, '.' or '..' component")
     if not _INVALID_CHARS.isdisjoint(component) or ":" in component or "\\" in component:
         raise _invalid("invalid character in name")
+    _check_unicode_and_length(component, "name component")
+
+
+def _check_unicode_and_length(name: str, what: str) -> None:
+    """Valid Unicode (no lone surrogate) of at most 255 UTF-16 units (MS-FSCC 2.1.5.2)."""
     try:
-        utf16_units = len(component.encode("utf-16-le")) // 2
-        component.encode("utf-8")
+        utf16_units = len(name.encode("utf-16-le")) // 2
+        name.encode("utf-8")
     except UnicodeEncodeError:
-        raise _invalid("name is not valid Unicode") from None
+        raise _invalid(f"{what} is not valid Unicode") from None
     if utf16_units > MAX_COMPONENT_UTF16_UNITS:
-        raise _invalid("name component longer than 255 UTF-16 units")
+        raise _invalid(f"{what} longer than 255 UTF-16 units")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,13 +84,7 @@ def check_stream_name(name: str) -> None:
         raise _invalid("invalid stream name")
     if name in (".", ".."):
         raise _invalid("stream name '.' or '..'")  # also no file name a depot could hold
-    try:
-        utf16_units = len(name.encode("utf-16-le")) // 2
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise _invalid("stream name is not valid Unicode") from None
-    if utf16_units > MAX_COMPONENT_UTF16_UNITS:
-        raise _invalid("stream name longer than 255 UTF-16 units")
+    _check_unicode_and_length(name, "stream name")
 
 
 def split_stream(component: str) -> tuple[str, str | None, bool]:

@@ -22,6 +22,10 @@ backed up with the files they belong to.  Only files of the share get streams, s
 ever lives outside it; every name below the depot is ours or a validated stream name (one
 component, no ``/``), opened relative to a folder fd with O_NOFOLLOW.
 
+The depot belongs to the server process (folders 0700, stream files 0600): who may open a
+stream is decided by its file's DACL and share modes, never by the depot's own permissions.
+(When file operations come to run with each user's uid, the depot must stay the server's.)
+
 Blocking and thread-safe: the worker calls this from its I/O threads.  Errors are SmbError.
 """
 from __future__ import annotations
@@ -99,6 +103,20 @@ class StreamDepot:
             return False
         return path == self._depot_path or path.startswith(self._depot_path + "/")
 
+    def folder_path(self, path: str) -> str | None:
+        """The path of the stream folder of the file at ``path`` (not followed if a link), if it
+        has one: for change-notify watches of stream changes."""
+        if not self.supported:
+            return None
+        try:
+            folder_id = os.getxattr(path, XATTR_STREAMS, follow_symlinks=False)
+        except OSError:
+            return None
+        if len(folder_id) != _ID_BYTES:
+            return None
+        hexid = folder_id.hex()
+        return os.path.join(self._depot_path, hexid[:2], hexid)
+
     # -- a file's folder -------------------------------------------------------------------------
     @staticmethod
     def _folder_id(base_fd: int) -> bytes | None:
@@ -142,24 +160,32 @@ class StreamDepot:
             return None
         with translate_oserror():
             folder_id = self._folder_id(base_fd)
-            if folder_id is None:
-                if not create:
-                    return None
-                folder_id = self._new_id(base_fd)
-            return self._open_folder(folder_id, create)
+            if folder_id is not None:
+                return self._open_folder(folder_id, create)
+            if not create:
+                return None
+            return self._new_folder(base_fd)
 
-    @staticmethod
-    def _new_id(base_fd: int) -> bytes:
-        """Give the file its folder id; XATTR_CREATE makes two workers racing here agree."""
+    def _new_folder(self, base_fd: int) -> int:
+        """Give the file a folder: made first, then named in the file's xattr, so that whoever
+        sees the id (a change-notify watch reacts to the xattr's IN_ATTRIB) finds the folder.
+        XATTR_CREATE makes workers racing here agree on one; the others remove theirs."""
         folder_id = secrets.token_bytes(_ID_BYTES)
+        fd = self._open_folder(folder_id, True)
         try:
             os.setxattr(f"/proc/self/fd/{base_fd}", XATTR_STREAMS, folder_id, os.XATTR_CREATE)
-            return folder_id
+            return fd
         except FileExistsError:
-            existing = StreamDepot._folder_id(base_fd)
+            os.close(fd)
+            hexid = folder_id.hex()
+            os.rmdir(os.path.join(DEPOT_NAME, hexid[:2], hexid), dir_fd=self._root_fd)
+            existing = self._folder_id(base_fd)
             if existing is None:
                 raise
-            return existing
+            return self._open_folder(existing, True)
+        except BaseException:
+            os.close(fd)
+            raise
 
     # -- streams of a file -----------------------------------------------------------------------
     @staticmethod

@@ -25,7 +25,8 @@ async def handle_change_notify(req: "Request") -> bytes:
         raise SmbError(NtStatus.INVALID_PARAMETER)
     if op.notify is None:
         # The first request's filter, WATCH_TREE and buffer size hold until the handle closes.
-        op.notify = Watch(op.fd, bool(cn.flags & WATCH_TREE), cn.completion_filter, cn.output_length)
+        op.notify = Watch(op.fd, bool(cn.flags & WATCH_TREE), cn.completion_filter, cn.output_length,
+                          streams=op.tree.vfs.streams)
         if req.server.delete_pending(op.file_key):
             op.notify.directory_deleted()
     watch = op.notify
