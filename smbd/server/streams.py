@@ -99,8 +99,15 @@ def open_stream(server: "ServerState", req: "Request", create, parsed: "StreamNa
     write = bool(access & _WRITE_DATA) or truncate
     if base is not None and base.attributes & FileAttributes.READONLY and (write or opts & CreateOptions.DELETE_ON_CLOSE):
         raise SmbError(NtStatus.ACCESS_DENIED if not opts & CreateOptions.DELETE_ON_CLOSE else NtStatus.CANNOT_DELETE)
-    base_file = vfs.open(components, create=base is None, exclusive=base is None, truncate=False,
-                         directory=None, write=False)
+    try:
+        base_file = vfs.open(components, create=base is None, exclusive=base is None, truncate=False,
+                             directory=None, write=False)
+    except SmbError as e:
+        if e.status != NtStatus.OBJECT_NAME_COLLISION:
+            raise
+        # Another worker made the file since we looked (clients racing for its first stream).
+        base_file = vfs.open(components, create=False, exclusive=False, truncate=False,
+                             directory=None, write=False)
     base_created = base_file.created
     base_fd = base_file.fd
     stream = None
