@@ -96,6 +96,12 @@ def open_stream(server: "ServerState", req: "Request", create, parsed: "StreamNa
         raise SmbError(NtStatus.ACCESS_DENIED, "read-only share")
     if base is not None and server.delete_pending(base.file_id):
         raise SmbError(NtStatus.DELETE_PENDING)
+    if base is not None:
+        # Opening the file must not break this worker's own leases on it (a stream has leases
+        # of its own); CREATE restores them afterwards (files._open_after_breaks).
+        leases = getattr(server, "leases", None)
+        if leases is not None:
+            leases.release_kernel_for(base.file_id)
     write = bool(access & _WRITE_DATA) or truncate
     if base is not None and base.attributes & FileAttributes.READONLY and (write or opts & CreateOptions.DELETE_ON_CLOSE):
         raise SmbError(NtStatus.ACCESS_DENIED if not opts & CreateOptions.DELETE_ON_CLOSE else NtStatus.CANNOT_DELETE)

@@ -269,7 +269,13 @@ def _open_file(server: "ServerState", req: "Request", create: CreateRequest, par
     exclusive create; for the dispositions that accept an existing file the open is then
     simply tried again, now finding it (smbtorture smb2.create.mkdir-dup)."""
     if parsed.stream is not None:
-        return _Opened(*streams.open_stream(server, req, create, parsed, access))
+        try:
+            return _Opened(*streams.open_stream(server, req, create, parsed, access))
+        except SmbError as e:
+            cause = e.__cause__
+            if isinstance(cause, OSError) and cause.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                raise _LeaseBreakPending() from e  # another process's lease on the file: wait
+            raise
     components = parsed.components
     try:
         return _open_once(server, req, create, components, access, eas, parsed.default_spelled)
