@@ -87,11 +87,14 @@ def test_join_pads_and_links():
     a, b, c = bytearray(raw.header(0, 0) + b"\1" * 9), bytearray(raw.header(0, 1) + b"\2" * 16), \
         bytearray(raw.header(0, 2) + b"\3" * 5)
     compound.join([a, b, c])
-    assert (len(a), len(b), len(c)) == (80, 80, 69)  # 73 -> 80, 80 stays, the last is not padded
+    assert (len(a), len(b), len(c)) == (80, 80, 72)  # 73 -> 80, 80 stays, the last padded too
     assert struct.unpack_from("<I", a, 20)[0] == 80 and a[73:] == b"\0" * 7
     assert struct.unpack_from("<I", b, 20)[0] == 80
-    assert struct.unpack_from("<I", c, 20)[0] == 0
+    assert struct.unpack_from("<I", c, 20)[0] == 0 and c[69:] == b"\0" * 3
     assert len(compound.split(memoryview(bytes(a + b + c)))) == 3
+    single = bytearray(raw.header(0, 3) + b"\4" * 3)
+    compound.join([single])
+    assert len(single) == 67  # not a compound: as it is
 
 
 # --- the credit window (3.3.1.1, 3.3.1.2, 3.3.5.2.3, 3.3.5.2.5) ------------------------------------

@@ -33,10 +33,16 @@ def split(message: memoryview) -> list[memoryview]:
 
 
 def join(responses: list[bytearray]) -> None:
-    """Pad each response but the last to 8 bytes and set its NextCommand, in place.
+    """Pad each response of a compound to 8 bytes and set its NextCommand, in place.
 
-    Called before signing: each element is signed over its own bytes including padding.
+    The last one is padded too (NextCommand 0), as Windows and Samba send it: smbtorture
+    smb2.compound.compound-padding expects a 3-byte READ as the last response to be 24 bytes
+    of body. A single response is left as it is. Called before signing: each element is
+    signed over its own bytes including padding.
     """
-    for resp in responses[:-1]:
+    if len(responses) < 2:
+        return
+    for resp in responses:
         resp += b"\0" * (-len(resp) % 8)
+    for resp in responses[:-1]:
         _U32.pack_into(resp, NEXT_COMMAND_OFFSET, len(resp))
