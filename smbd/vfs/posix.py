@@ -214,6 +214,11 @@ class Share:
         with translate_oserror():
             return metadata.info_for_fd(fd, name)
 
+    def real_names(self, fd: int) -> tuple[str, ...] | None:
+        """The on-disk names from the share root to the open object (their case as stored), or
+        None when it is no longer under the root (FileNormalizedNameInformation)."""
+        return self._resolver.real_names_of(fd)
+
     def statvfs(self) -> FsInfo:
         """Volume sizes for FileFsSizeInformation / FileFsFullSizeInformation (MS-FSCC 2.5)."""
         with translate_oserror():

@@ -122,13 +122,20 @@ async def handle_query_info(req: "Request") -> bytes:
             return await _query_eas(req, op, qi)
         if qi.info_class not in _NEEDS_NOTHING and not op.granted_access & Access.FILE_READ_ATTRIBUTES:
             raise SmbError(NtStatus.ACCESS_DENIED)
+        if qi.info_class == FileInfoClass.FileNormalizedNameInformation and req.conn.dialect < 0x0311:
+            # MS-SMB2 3.3.5.20.1: only SMB 3.1.1 offers it (smbtorture smb2.getinfo.normalized).
+            raise SmbError(NtStatus.NOT_SUPPORTED, "FileNormalizedNameInformation before SMB 3.1.1")
         with translate_oserror():
             info = await req.server.io(streams.info_of, op)
         name = _name(op)
         if qi.info_class == FileInfoClass.FileNormalizedNameInformation:
-            # MS-FSCC 2.4.30: the path from the share root without the leading
-            # backslash; empty for the root itself (smbtorture smb2.getinfo.normalized).
-            name = op.display_name
+            # MS-FSCC 2.4.30: the path from the share root without the leading backslash, each
+            # name as stored on disk whatever case the client opened it with, a stream's name
+            # as created; empty for the root itself (smbtorture smb2.getinfo.normalized).
+            real = await req.server.io(vfs.real_names, op.meta_fd)
+            name = "\\".join(real if real is not None else op.components)
+            if op.stream is not None:
+                name += f":{op.stream}"
         ea_size = 0
         if qi.info_class in (FileInfoClass.FileEaInformation, FileInfoClass.FileAllInformation):
             with translate_oserror():
