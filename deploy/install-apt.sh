@@ -94,6 +94,11 @@ image_version() {
   echo "$v"
 }
 
+# Whether apt offers package $1 at version $2.
+apt_has_version() {
+  apt-cache madison "$1" 2>/dev/null | awk -F'|' '{gsub(/ /, "", $2); print $2}' | grep -qxF "$2"
+}
+
 # Packages of the list that apt has no candidate for: what to name when an install fails.
 uninstallable() {
   local p cand
@@ -101,8 +106,7 @@ uninstallable() {
     cand=$(apt-cache policy "${p%%=*}" 2>/dev/null | awk '/Candidate:/ {print $2}')
     if [[ -z $cand || $cand == "(none)" ]]; then
       echo "${p%%=*}"
-    elif [[ $p == *=* ]] && ! apt-cache madison "${p%%=*}" 2>/dev/null | awk -F'|' '{gsub(/ /, "", $2); print $2}' \
-         | grep -qxF "${p#*=}"; then
+    elif [[ $p == *=* ]] && ! apt_has_version "${p%%=*}" "${p#*=}"; then
       echo "$p"
     fi
   done
@@ -126,7 +130,7 @@ REQUEST=()
 for p in "${MISSING[@]}"; do
   if [[ $p == "$SOURCE_PKG" ]]; then
     v=$(image_version)
-    if [[ -n $v ]] && apt-cache madison "$SOURCE_PKG" | awk -F'|' '{gsub(/ /, "", $2); print $2}' | grep -qxF "$v"; then
+    if [[ -n $v ]] && apt_has_version "$SOURCE_PKG" "$v"; then
       p="$SOURCE_PKG=$v"
     else
       log "warning: no $SOURCE_PKG of $IMAGE_PKG's version (${v:-unknown}); taking apt's newest"

@@ -122,18 +122,17 @@ def file_stream_information(info: "FileInfo", named: tuple = ()) -> bytes:
     entries = [] if info.is_dir else [(DEFAULT_DATA_STREAM, info.size, info.allocation_size)]
     entries += [(f":{s.name}:$DATA", s.size, s.allocation_size) for s in named]
     out = bytearray()
-    last = -1
+    last = end = -1
     for name, size, allocation in entries:
         start = len(out)
         if last >= 0:
             struct.pack_into("<I", out, last, start - last)
         raw = utf16(name)
         out += _STREAM.pack(0, len(raw), size, allocation) + raw
+        end = len(out)
         out += b"\0" * (-len(out) % 8)
         last = start
-    if last >= 0:  # no padding after the last entry
-        del out[last + _STREAM.size + len(utf16(entries[-1][0])):]
-    return bytes(out)
+    return bytes(out[:end]) if last >= 0 else b""  # no padding after the last entry
 
 
 def file_compression_information(info: "FileInfo") -> bytes:

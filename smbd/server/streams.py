@@ -198,9 +198,7 @@ def close_stream(server: "ServerState", op: Open, *, delete: bool) -> None:
         if server.delete_pending(op.base_key) and not base_in_use(server, op.base_key):
             server.clear_delete_pending(op.base_key)
             try:
-                is_dir = stat.S_ISDIR(os.fstat(op.base_fd).st_mode)
-                (vfs.rmdir if is_dir else vfs.unlink)(op.components)
-                delete_streams_of_removed(vfs, op.base_fd)
+                delete_file(vfs, op.components, op.base_fd, is_dir=stat.S_ISDIR(os.fstat(op.base_fd).st_mode))
             except (OSError, SmbError):
                 pass
     finally:
@@ -211,8 +209,10 @@ def close_stream(server: "ServerState", op: Open, *, delete: bool) -> None:
                 pass
 
 
-def delete_streams_of_removed(vfs, fd: int) -> None:
-    """After the file behind ``fd`` lost a name: if it was its last name, its streams go too."""
+def delete_file(vfs, components: tuple[str, ...], fd: int, *, is_dir: bool) -> None:
+    """Delete the file (or directory) open as ``fd``; if that was its last name, its named
+    streams go too. Failing to remove the streams leaves them orphaned, never the file."""
+    (vfs.rmdir if is_dir else vfs.unlink)(components)
     try:
         if os.fstat(fd).st_nlink == 0:
             vfs.streams.remove_all(fd)
@@ -243,6 +243,7 @@ def _rename_to_unnamed(server: "ServerState", op: Open, replace: bool) -> None:
     stream goes, and the handle now stands for the file's unnamed stream, as NTFS does it
     (smbtorture smb2.streams.rename2). Refused for a directory (it has no unnamed stream), over
     non-empty file data without ReplaceIfExists, and while another open uses the file's data."""
+    from .handlers.ioctl import Chunk, copy_chunks
     from .leases import lease_manager
     from .oplocks import is_writable_fd
 
@@ -265,12 +266,7 @@ def _rename_to_unnamed(server: "ServerState", op: Open, replace: bool) -> None:
             writer = os.open(f"/proc/self/fd/{op.base_fd}", os.O_WRONLY | os.O_CLOEXEC | os.O_NOCTTY)
             try:
                 os.ftruncate(writer, 0)
-                size, done = os.fstat(op.fd).st_size, 0
-                while done < size:
-                    n = os.copy_file_range(op.fd, writer, size - done, done, done)
-                    if n == 0:
-                        break
-                    done += n
+                copy_chunks(op.fd, writer, [Chunk(0, 0, os.fstat(op.fd).st_size)])
             finally:
                 os.close(writer)
         except BaseException:

@@ -138,7 +138,7 @@ class Share:
 
     def _refuse_depot_fd(self, fd: int) -> None:
         """A link inside the share that leads into the stream depot reads as absent."""
-        if self.streams.supported and self.streams.holds(fd):
+        if self.streams.holds(fd):
             os.close(fd)
             raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "a link into the stream depot")
 
@@ -340,7 +340,7 @@ class Share:
 
     def _finish_open(self, path_fd: int, components, *, created: bool, truncate: bool,
                      directory: bool | None, write: bool) -> OpenedFile:
-        if self.streams.supported and self.streams.holds(path_fd):
+        if self.streams.holds(path_fd):
             raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "a link into the stream depot")
         with translate_oserror():
             st = os.fstat(path_fd)
@@ -513,7 +513,7 @@ class Share:
         self._guard(components)
         with translate_oserror():
             w = self._resolver.walk(components, follow_final=False)
-        if w.st is None or (self.streams.supported and self.streams.holds(w.parent_fd)):
+        if w.st is None or self.streams.holds(w.parent_fd):
             os.close(w.parent_fd)
             raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND)
         return w
@@ -557,7 +557,7 @@ class Share:
             with translate_oserror():
                 d = self._resolver.walk(dst, follow_final=False)
             try:
-                if self.streams.supported and self.streams.holds(d.parent_fd):
+                if self.streams.holds(d.parent_fd):
                     raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "a link into the stream depot")
                 new_name = dst[-1]
                 if d.name == ".":

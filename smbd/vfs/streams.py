@@ -97,6 +97,8 @@ class StreamDepot:
     def holds(self, fd: int) -> bool:
         """Whether an fd some lookup produced is the depot or inside it: a symlink planted in the
         share could lead there, and the resolver follows links that stay inside the share."""
+        if not self.supported:
+            return False  # no streams, so no depot to reach
         try:
             path = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:

@@ -429,8 +429,7 @@ def close_open(server: "ServerState", op: Open) -> None:
         elif pending and last:
             server.clear_delete_pending(op.file_key)
             try:
-                (op.tree.vfs.rmdir if op.is_dir else op.tree.vfs.unlink)(op.components)
-                streams.delete_streams_of_removed(op.tree.vfs, op.fd)
+                streams.delete_file(op.tree.vfs, op.components, op.fd, is_dir=op.is_dir)
             except (OSError, SmbError) as e:
                 log.info("delete on close of %s failed: %s", op.display_name, e)
         elif op.delete_on_close:
