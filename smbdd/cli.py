@@ -7,9 +7,11 @@ import errno
 import logging
 import signal
 import sys
+from dataclasses import replace
 
 from .acceptor import Acceptor
 from .config import ConfigError, Settings, build
+from .state import StateError, make_runtime_dir, stable_server_guid
 from .supervisor import Supervisor
 
 log = logging.getLogger("smbdd")
@@ -87,7 +89,9 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s smbdd %(name)s %(levelname)s: %(message)s")
     try:
         settings = build(args)
-    except ConfigError as e:
+        settings.server = replace(settings.server, server_guid=stable_server_guid(settings.state_dir),
+                                  runtime_dir=str(make_runtime_dir()))
+    except (ConfigError, StateError) as e:
         print(f"smbdd: {e}", file=sys.stderr)
         sys.exit(2)
     sys.exit(asyncio.run(serve(settings, args)))

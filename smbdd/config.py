@@ -52,6 +52,7 @@ class Settings:
     devices: list[str] | None = None  # None: look for RDMA devices; [] after --no-rdma
     rdma_port: int | None = None  # None: 445 for IB/RoCE, 5445 for iWARP (MS-SMBD 2.1)
     banner: list[str] = field(default_factory=list)  # how to connect, for the lab default
+    state_dir: Path = field(default_factory=lambda: default_state_dir())  # persistent store, lab share
 
 
 def parse_user(spec: str, where: str) -> UserEntry:
@@ -118,7 +119,7 @@ def load_toml(path: str) -> dict:
 
 _SHARE_KEYS = {"path", "read_only", "encrypt", "sign", "guest_ok", "comment"}
 _SERVER_KEYS = {"listen", "port", "encrypt", "signing", "devices", "users_file", "netbios_name",
-                "workgroup", "max_io_size", "rdma_port"}
+                "workgroup", "max_io_size", "rdma_port", "state_dir"}
 
 
 def _bool(value, where: str) -> bool:
@@ -194,8 +195,9 @@ def build(args) -> Settings:
     if len(set(names)) != len(names):
         raise ConfigError("a share name is given twice")
     banner: list[str] = []
+    state_dir = Path(args.state_dir or file_opts.get("state_dir") or default_state_dir())
     if not shares and not users:
-        share, user, _, banner = lab_default(Path(args.state_dir) if args.state_dir else default_state_dir())
+        share, user, _, banner = lab_default(state_dir)
         shares, users = [share], [user]
     if not shares:
         raise ConfigError("no share configured: use --share NAME=PATH or [shares.NAME] in the config file")
@@ -227,4 +229,4 @@ def build(args) -> Settings:
                           netbios_name=str(file_opts.get("netbios_name", "SMBDD"))[:15].upper(),
                           domain=str(file_opts.get("workgroup", "WORKGROUP")).upper(), max_io_size=max_io)
     return Settings(server=server, listen=list(listen), port=port, devices=devices,
-                    rdma_port=file_opts.get("rdma_port"), banner=banner)
+                    rdma_port=file_opts.get("rdma_port"), banner=banner, state_dir=state_dir)

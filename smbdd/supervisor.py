@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from smbd.control import recv_record, send_record
 from smbd.server.config import ServerConfig
+from smbd.store import open_volatile
 
 log = logging.getLogger("smbdd.supervisor")
 
@@ -51,6 +52,7 @@ class Supervisor:
         self._refilling = False
         self.stopping = False
         self.crashes = 0
+        self.store = open_volatile(config.runtime_dir)  # smbd.store, shared with the workers
 
     async def start(self) -> None:
         await self._refill()
@@ -139,6 +141,7 @@ class Supervisor:
         except (ValueError, OSError):
             pass
         handle.control.close()
+        self._forget_records_of(handle.proc.pid)
         handle.done.set()
         if code == 0:
             log.info("worker %d exited", handle.proc.pid)
@@ -147,6 +150,15 @@ class Supervisor:
             cause = (f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}")
             log.error("worker %d for client %s died (%s); its connections are lost, smbdd goes on",
                       handle.proc.pid, handle.key or "(no ClientGUID)", cause)
+
+    def _forget_records_of(self, pid: int) -> None:
+        """A worker that is gone holds no session and no open any more: whatever it left in
+        the store (killed, it withdrew nothing) must not be found by the others."""
+        for table in ("sessions", "opens"):
+            try:
+                self.store.delete_where(table, lambda r: r.get("pid") == pid)
+            except Exception as e:
+                log.warning("cannot remove worker %d's %s records: %s", pid, table, e)
 
     async def hand_over(self, key: uuid.UUID | None, record: dict, fd: int) -> None:
         """Give a connection (TCP socket or proxy channel) to the worker that owns the client."""
@@ -181,8 +193,7 @@ class Supervisor:
                     handle.proc.kill()
             if pending:
                 await asyncio.wait(pending, timeout=5)
-        # The workers' shared session records (smbd.server.state.GlobalSessionTable) die with
-        # them; nothing of this server is left in /dev/shm.
-        from smbd.server.state import GlobalSessionTable
-
-        shutil.rmtree(GlobalSessionTable.for_server(self.config.server_guid).directory, ignore_errors=True)
+        # The volatile store dies with the workers; nothing of this run is left in /dev/shm.
+        self.store.close()
+        if self.config.runtime_dir:
+            shutil.rmtree(self.config.runtime_dir, ignore_errors=True)

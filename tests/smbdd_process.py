@@ -23,6 +23,8 @@ class Smbdd:
         self.log_path = tmp / f"smbdd-{self.port}.log"
         args = [*SMBDD, "--share", f"data={self.share}", "--listen", "127.0.0.1", "--port", str(self.port),
                 "--no-rdma", *extra]
+        if "--state-dir" not in extra:
+            args += ["--state-dir", str(tmp / "state")]  # its own ServerGuid and persistent store
         if user:
             args += ["--user", f"{USER}:{PASSWORD}"]
         self._log = open(self.log_path, "w")

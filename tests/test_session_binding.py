@@ -343,25 +343,36 @@ def test_hmac_sha256_signature_in_311_matches_smbprotocol():
 
 
 def test_global_session_table_between_workers(tmp_path):
-    """What one worker publishes another finds; a dead worker's records are ignored."""
+    """What one worker publishes another process finds; a dead worker's records are ignored."""
     import os
     import subprocess
+    import sys
 
     from smbd.server.state import GlobalSessionTable, SessionRecord
+    from smbd.store import open_volatile
 
-    mine, other = GlobalSessionTable(tmp_path / "t"), GlobalSessionTable(tmp_path / "t")
+    folder = tmp_path / "run"
+    mine = GlobalSessionTable(open_volatile(folder))
     record = SessionRecord(0x1234, os.getpid(), 0x0311, AES_CMAC, 2, b"k" * 16, False, False, "alice", "WG")
     mine.publish(record)
-    assert (tmp_path / "t").stat().st_mode & 0o777 == 0o700
-    assert other.lookup(0x1234) == record
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert all(p.stat().st_mode & 0o077 == 0 for p in folder.iterdir())  # signing keys inside
+    lookup = ("import sys; from smbd.server.state import GlobalSessionTable; from smbd.store import open_volatile;"
+              "r = GlobalSessionTable(open_volatile(sys.argv[1])).lookup(int(sys.argv[2], 16));"
+              "print(r.to_json() if r else 'none')")
+
+    def other(sid: int) -> str:
+        return subprocess.run([sys.executable, "-c", lookup, str(folder), f"{sid:x}"], check=True,
+                              capture_output=True, text=True, cwd=os.getcwd()).stdout.strip()
+
+    assert SessionRecord.from_json(other(0x1234)) == record
     assert mine.lookup(0x1234) is None  # its own sessions it holds itself
     dead = subprocess.Popen(["true"])
     dead.wait()
     mine.publish(SessionRecord(0x99, dead.pid, 0x0311, AES_CMAC, 0, b"", False, False, "bob", "WG"))
-    assert other.lookup(0x99) is None
-    (tmp_path / "t" / f"{0x77:016x}").write_text("{not json")
-    assert other.lookup(0x77) is None
+    assert other(0x99) == "none"
+    assert mine.store.get("sessions", f"{0x99:016x}") is None  # the lookup removed it
+    mine.store.put("sessions", f"{0x77:016x}", {"session_id": "not a number"})
+    assert other(0x77) == "none"
     mine.withdraw(0x1234)
-    mine.withdraw(0x99)
-    assert other.lookup(0x1234) is None
-    assert not (tmp_path / "t" / f"{0x1234:016x}").exists()
+    assert other(0x1234) == "none"

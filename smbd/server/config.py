@@ -51,6 +51,9 @@ class ServerConfig:
     max_credits: int = 8192
     rdma_interfaces: tuple[str, ...] = ()  # interface names that carry an RDMA device
     io_threads: int = 4
+    # The volatile state store every process of this smbdd opens (smbd.store), a folder on
+    # tmpfs set by the supervisor; empty for an in-process server, which keeps it in memory.
+    runtime_dir: str = ""
 
     def share(self, name: str) -> ShareConfig | None:
         low = name.lower()

@@ -11,8 +11,9 @@ import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
+
+from smbd.store import StateStore, open_volatile
 
 from .config import ServerConfig
 from .objects import Open, Session
@@ -64,92 +65,52 @@ class SessionRecord:
 
 
 class GlobalSessionTable:
-    """Sessions of every worker of one smbdd, one small file each in a private tmpfs folder.
+    """Sessions of every worker of one smbdd: the ``sessions`` table of the state store.
 
     Workers serve one ClientGUID each, so a second connection of another (or no) ClientGUID
     that binds to a session lands in a worker that does not hold it; like Samba's
     smbXsrv_session_global.tdb this lets that worker find the session and refuse the bind
-    exactly as 3.3.5.5.2 says, instead of USER_SESSION_DELETED. The folder is 0700 and the
-    files 0600: they hold signing keys. Files are written whole and renamed into place, so
-    a reader never sees half a record; a record whose worker died is ignored and removed.
-    A worker killed outright leaves its records behind: the first publish of each worker
-    sweeps those of dead workers (of any smbdd) and the folders they leave empty.
+    exactly as 3.3.5.5.2 says, instead of USER_SESSION_DELETED. The records hold signing
+    keys: the store's folder is 0700 and its files 0600 (smbd.store). A record whose worker
+    died is ignored and removed; smbdd removes a dead worker's records as it reaps it.
     """
 
-    ROOT = Path("/dev/shm")
-    PREFIX = "smbdd-sessions-"
+    TABLE = "sessions"
 
-    def __init__(self, directory: Path | None):
-        self.directory = directory
+    def __init__(self, store: StateStore):
+        self.store = store
         self._own: set[int] = set()
-        self._swept = False
-
-    @classmethod
-    def for_server(cls, server_guid: Any) -> "GlobalSessionTable":
-        return cls(cls.ROOT / f"{cls.PREFIX}{server_guid}")
-
-    def sweep(self) -> None:
-        """Remove records of workers that are gone, and folders left empty."""
-        assert self.directory is not None
-        for folder in self.directory.parent.glob(f"{self.PREFIX}*"):
-            try:
-                for path in folder.iterdir():
-                    record = SessionRecord.from_json(path.read_text()) if path.suffix != ".tmp" else None
-                    if record is not None and not _alive(record.pid):
-                        path.unlink(missing_ok=True)
-                if folder != self.directory:
-                    folder.rmdir()  # fails while it holds a live worker's records
-            except (OSError, UnicodeDecodeError):
-                continue
-
-    def _path(self, session_id: int) -> Path:
-        assert self.directory is not None
-        return self.directory / f"{session_id:016x}"
 
     def publish(self, record: SessionRecord) -> None:
-        if self.directory is None:
-            return
-        if not self._swept:
-            self._swept = True
-            self.sweep()
         try:
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            path = self._path(record.session_id)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(record.to_json())
-            os.replace(tmp, path)
+            self.store.put(self.TABLE, _session_key(record.session_id), json.loads(record.to_json()))
             self._own.add(record.session_id)
-        except OSError as e:
+        except Exception as e:  # the store full or gone: this worker's own sessions still work
             log.warning("cannot publish session %x: %s", record.session_id, e)
 
     def withdraw(self, session_id: int) -> None:
-        if self.directory is None or session_id not in self._own:
+        if session_id not in self._own:
             return
         self._own.discard(session_id)
-        try:
-            self._path(session_id).unlink(missing_ok=True)
-            if not self._own:
-                os.rmdir(self.directory)  # the last worker's last session takes the folder along
-        except OSError:
-            pass  # other workers' sessions are still in it
+        self.store.delete(self.TABLE, _session_key(session_id))
 
     def lookup(self, session_id: int) -> SessionRecord | None:
         """The record of a session another live worker holds, or None."""
-        if self.directory is None or session_id in self._own:
+        if session_id in self._own:
             return None
-        path = self._path(session_id)
-        try:
-            record = SessionRecord.from_json(path.read_text())
-        except (OSError, UnicodeDecodeError):
-            return None
+        key = _session_key(session_id)
+        data = self.store.get(self.TABLE, key)
+        record = SessionRecord.from_json(json.dumps(data)) if data is not None else None
         if record is None or record.session_id != session_id:
             return None
         if not _alive(record.pid):
-            path.unlink(missing_ok=True)  # its worker died without withdrawing it
+            self.store.update(self.TABLE, key, lambda old: None if old == data else old)
             return None
         return record
+
+
+def _session_key(session_id: int) -> str:
+    return f"{session_id:016x}"
 
 
 def _alive(pid: int) -> bool:
@@ -191,7 +152,8 @@ class ServerState:
         from .leases import LeaseManager
         self.leases = LeaseManager(self)  # SMB2 leases of this worker's client (3.3.1.13)
         self.durable = DurableTable(self)  # disconnected durable Opens awaiting a reconnect
-        self.global_sessions = GlobalSessionTable.for_server(config.server_guid)
+        self.store = open_volatile(config.runtime_dir)  # shared with the other workers
+        self.global_sessions = GlobalSessionTable(self.store)
 
     def new_session_id(self) -> int:
         while True:
@@ -329,6 +291,7 @@ class ServerState:
                 vfs.close()
             except OSError:
                 pass
+        self.store.close()
 
 
 def filetime_now() -> int:
