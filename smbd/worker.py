@@ -19,6 +19,8 @@ import sys
 from smbd.control import recv_record, send_record
 from smbd.server.config import ServerConfig
 from smbd.server.connection import SmbConnection
+from smbd.server.handoff import serve_requests
+from smbd.server.messaging import Messenger
 from smbd.server.oplocks import block_lease_signals
 from smbd.server.state import ServerState
 from smbd.transport.tcp import MAX_IN_FLIGHT, TcpTransport
@@ -63,7 +65,11 @@ class Worker:
         if op == "config":
             self.server = ServerState(ServerConfig.from_json(record["config"]))
             self.server.oplocks.start(self.loop)
+            self.server.messenger = Messenger(lambda rec, fds: send_record(self.control, rec, fds))
+            serve_requests(self.server)
             send_record(self.control, {"op": "ready"})
+        elif op == "message" and self.server is not None and self.server.messenger is not None:
+            self.server.messenger.deliver(record, fds)
         elif op == "tcp" and self.server is not None and fds:
             self.loop.create_task(self._serve_tcp(fds[0], record.get("peer", "?"),
                                                   bytes.fromhex(record.get("first", ""))))

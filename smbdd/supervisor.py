@@ -112,6 +112,9 @@ class Supervisor:
                 return
             except (OSError, ValueError):
                 record, fds = None, []
+            if record is not None and record.get("op") == "send":
+                self._forward(handle, record, fds)
+                continue
             for fd in fds:
                 os.close(fd)
             if record is None:
@@ -124,6 +127,29 @@ class Supervisor:
                 if record.get("seen", handle.sent) >= handle.sent:
                     self._retire(handle)
                     self._send(handle, {"op": "exit"})
+
+    def _forward(self, sender: WorkerHandle, record: dict, fds: list[int]) -> None:
+        """A worker's message to another worker (smbd.server.messaging); an addressee that
+        is not one of ours gets the sender an error answer, never silence."""
+        body = record.get("body") if isinstance(record.get("body"), dict) else {}
+        target = next((h for h in self.workers if h.proc.pid == record.get("to")
+                       and h.proc.returncode is None), None)
+        try:
+            if target is not None:
+                try:
+                    self._send(target, {"op": "message", "from": sender.proc.pid, "body": body}, fds)
+                    return
+                except OSError as e:
+                    error = f"cannot reach worker {target.proc.pid}: {e}"
+            else:
+                error = f"no worker {record.get('to')}"
+            if "id" in body:
+                self._send(sender, {"op": "message", "from": 0, "body": {"reply_to": body["id"], "error": error}})
+        except OSError as e:
+            log.warning("cannot answer worker %d: %s", sender.proc.pid, e)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def _retire(self, handle: WorkerHandle) -> None:
         handle.exiting = True

@@ -111,11 +111,12 @@ def negotiate_body(dialects=DIALECTS_ALL, client_guid: uuid.UUID | None = None, 
 
 
 def session_setup_body(token: bytes, *, security_mode: int = 1, offset: int | None = None,
-                       length: int | None = None, structure_size: int = 25) -> bytes:
+                       length: int | None = None, structure_size: int = 25,
+                       previous_session_id: int = 0) -> bytes:
     """SESSION_SETUP request, 2.2.5; the buffer follows the 24-byte fixed part (offset 88)."""
     off = HEADER_SIZE + 24 if offset is None else offset
     return struct.pack("<HBBIIHHQ", structure_size, 0, security_mode, 0, 0, off,
-                       len(token) if length is None else length, 0) + token
+                       len(token) if length is None else length, previous_session_id) + token
 
 
 def tree_connect_body(path: str) -> bytes:
@@ -334,14 +335,14 @@ class RawClient:
             self.dialect = struct.unpack_from("<H", r.body, 4)[0]
         return r
 
-    def session_setup(self, user: str, password: str) -> Response:
+    def session_setup(self, user: str, password: str, previous_session_id: int = 0) -> Response:
         """NTLM in SPNEGO via pyspnego; returns the final SESSION_SETUP response."""
         import spnego
 
         ctx = spnego.client(user, password, hostname="localhost", service="cifs", protocol="ntlm")
         token = ctx.step()
         while True:
-            r = self.call(SESSION_SETUP, session_setup_body(token))
+            r = self.call(SESSION_SETUP, session_setup_body(token, previous_session_id=previous_session_id))
             if r.status != STATUS_MORE_PROCESSING_REQUIRED:
                 return r
             self.session_id = r.session_id

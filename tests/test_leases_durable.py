@@ -535,3 +535,115 @@ def test_sharing_violation_breaks_handle_caching_first(server):
     assert closed.command == c.CLOSE and closed.status == 0
     done = a.recv_final()
     assert done.status == 0 and lease_of(done)[:2] == (k2, R | H)
+
+
+# ---- reconnects that reach another worker (issue 11) ---------------------------------------------
+
+def _served_by_two_workers(server: Smbdd) -> bool:
+    return len(set(server.worker_pids())) >= 2
+
+
+NIL_GUID = uuid.UUID(int=0)  # as smbtorture sends: smbdd gives each such connection its own worker
+
+
+@pytest.mark.peer
+def test_durable_v2_lease_reconnects_from_another_worker(server):
+    """A client without a ClientGUID gets a new worker per connection: the Open, its data,
+    its lease and its byte-range lock come over from the worker that kept it."""
+    cguid, key = uuid.uuid4(), uuid.uuid4().bytes
+    a = client(server, NIL_GUID)
+    r = create(a, "moved.dat", contexts=chain(rqls_v2(key, R | H | W), dh2q(cguid, 30000)), **RW_OPEN)
+    assert r.status == 0 and lease_of(r)[1] == R | H | W
+    fid = r.file_id
+    assert a.call(c.WRITE, c.write_body(fid, b"written on worker one")).status == 0
+    lock = struct.pack("<HHIQQQQI4x", 48, 1, 0, *struct.unpack("<QQ", fid), 0, 5, 0x2 | 0x10)
+    assert a.call(LOCK, lock).status == 0
+    a.close()
+    time.sleep(0.5)
+    b, bad = _reconnect(server, NIL_GUID, chain(rqls_v2(key, R | H | W), dh2c(fid, uuid.uuid4())))
+    assert bad.status == STATUS_OBJECT_NAME_NOT_FOUND  # the global record's checks apply
+    # A lease is its client's: another ClientGUID does not get the Open (reopen1a-lease).
+    stranger, foreign = _reconnect(server, uuid.uuid4(), chain(rqls_v2(key, R | H | W), dh2c(fid, cguid)),
+                                   "moved.dat")
+    assert foreign.status == STATUS_OBJECT_NAME_NOT_FOUND
+    good = create(b, "moved.dat", contexts=chain(rqls_v2(key, R | H | W), dh2c(fid, cguid)))
+    assert good.status == 0, hex(good.status)
+    assert _served_by_two_workers(server), server.worker_pids()
+    assert good.file_id[:8] == fid[:8] and lease_of(good)[:2] == (key, R | H | W)
+    new_fid = good.file_id
+    rd = b.call(c.READ, c.read_body(new_fid, 100))
+    assert rd.status == 0 and rd.body[16:] == b"written on worker one"
+    # The lease is backed here now: a third client's open breaks it through this worker.
+    other = client(server)
+    other.send_message(create_msg(other, "moved.dat", oplock=0, access=c.READ_ACCESS))
+    brk = lease_break(expect_break(b))
+    assert brk["key"] == key
+    assert lease_ack(b, key, brk["new"]).status == 0
+    ro = other.recv_final()
+    assert ro.status == 0
+    olock = struct.pack("<HHIQQQQI4x", 48, 1, 0, *struct.unpack("<QQ", ro.file_id), 0, 5, 0x2 | 0x10)
+    assert other.call(LOCK, olock).status == STATUS_LOCK_NOT_GRANTED  # the lock came along
+    assert b.call(c.CLOSE, c.close_body(new_fid)).status == 0
+    assert other.call(LOCK, olock).status == 0  # and went with the close
+
+
+@pytest.mark.peer
+def test_durable_v2_oplock_reconnects_under_another_client_guid(server):
+    """Without a lease the ClientGUID may change (as Samba allows, smbtorture
+    durable-v2-open.reopen2): a batch-oplock v2 handle moves to the new client's worker."""
+    cguid = uuid.uuid4()
+    a = client(server, uuid.uuid4())
+    r = create(a, "v2op.dat", oplock=OPLOCK_LEVEL_BATCH, contexts=dh2q(cguid, 30000), **RW_OPEN)
+    assert r.status == 0 and r.body[2] == OPLOCK_LEVEL_BATCH
+    assert a.call(c.WRITE, c.write_body(r.file_id, b"v2 data")).status == 0
+    a.close()
+    time.sleep(0.3)
+    b, back = _reconnect(server, uuid.uuid4(), dh2c(r.file_id, cguid), "v2op.dat")
+    assert back.status == 0 and back.body[2] == OPLOCK_LEVEL_BATCH, hex(back.status)
+    assert _served_by_two_workers(server)
+    rd = b.call(c.READ, c.read_body(back.file_id, 100))
+    assert rd.status == 0 and rd.body[16:] == b"v2 data"
+
+
+@pytest.mark.peer
+def test_previous_session_of_another_worker_is_ended_and_its_handle_moves(server):
+    """smbtorture durable-open.reopen1a: a new connection with another ClientGUID names the
+    old session as PreviousSessionId; the old connection's session is gone at once, and its
+    batch-oplock durable handle reconnects on the new session."""
+    a = client(server, uuid.uuid4())
+    r = create(a, "prev.dat", oplock=OPLOCK_LEVEL_BATCH, contexts=dhnq(), **RW_OPEN)
+    assert r.status == 0 and r.body[2] == OPLOCK_LEVEL_BATCH
+    fid = r.file_id
+    b = c.RawClient("127.0.0.1", server.port, timeout=15, client_guid=uuid.uuid4())
+    assert b.negotiate().status == 0
+    assert b.session_setup(USER, PASSWORD, previous_session_id=a.session_id).status == 0
+    assert b.tree_connect("data").status == 0
+    assert create(a, "prev.dat", oplock=0).status == 0xC0000203  # USER_SESSION_DELETED
+    again = create(b, "prev.dat", oplock=OPLOCK_LEVEL_BATCH, contexts=dhnc(fid))
+    assert again.status == 0, hex(again.status)
+    assert again.body[2] == OPLOCK_LEVEL_BATCH
+    assert _served_by_two_workers(server)
+    assert b.call(c.CLOSE, c.close_body(again.file_id)).status == 0
+
+
+@pytest.mark.peer
+def test_durable_record_of_a_killed_worker_is_gone(server):
+    """A worker killed with -9 takes its kept handles with it (their descriptors, so their
+    locks): the reconnect finds nothing, and nothing else is blocked."""
+    import os
+    import signal
+
+    from tests.smbdd_process import wait_until
+
+    a = client(server, uuid.uuid4())
+    r = create(a, "killed.dat", oplock=OPLOCK_LEVEL_BATCH, contexts=dhnq(), share=SHARE_NONE, **RW_OPEN)
+    assert r.status == 0
+    fid = r.file_id
+    a.close()
+    time.sleep(0.3)
+    victim = server.worker_pids()[-1]
+    os.kill(victim, signal.SIGKILL)
+    assert wait_until(lambda: f"worker {victim} for client" in server.log(), 10)
+    b, gone = _reconnect(server, uuid.uuid4(), dhnc(fid))
+    assert gone.status == STATUS_OBJECT_NAME_NOT_FOUND
+    assert create(b, "killed.dat", oplock=0, access=c.READ_ACCESS).status == 0

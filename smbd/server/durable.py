@@ -8,14 +8,19 @@ lease and its SMB2 lease, for its timeout. A CREATE with DHnC/DH2C from the same
 for v2, the same ClientGUID and CreateGuid) on a new session reclaims it. It is closed when
 the timeout passes, or when another open conflicts with it (a break it cannot hear).
 
-One worker serves one ClientGUID, so a reconnect reaches the worker that kept the Open only
-when the client keeps its ClientGUID; v2 requires that anyway (3.3.5.9.12), v1 does not, and
-a v1 reconnect under a new ClientGUID finds nothing (OBJECT_NAME_NOT_FOUND).
+One worker serves one ClientGUID, and a reconnect may come with another ClientGUID (v1 allows
+it; for v2 Samba does not check it either, and smbtorture reconnects so): it then reaches a
+worker that does not hold the Open. So a kept Open is also a record in the state store's
+``opens`` table (MS-SMB2 3.3.1.5 GlobalOpenTable): the worker the reconnect reaches checks
+the request against that record, and if it passes, asks the holder to hand the Open over
+(smbd.server.handoff), its descriptors and with them its locks.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -65,18 +70,34 @@ class DurableTable:
         self._kept[op.persistent_id] = op
         loop = asyncio.get_running_loop()
         self._timers[op.persistent_id] = loop.call_later(op.durable_timeout, self._expire, op)
+        self._publish(op)
         log.debug("%s: durable open kept for %.0f s", op.display_name, op.durable_timeout)
         if (op.lease is not None and op.lease.breaking) or self.server.oplocks.breaking(op):
             # A break was on its way to the client, and now nobody can acknowledge it: the
             # opener it holds up must not wait for the timer (3.3.4.6/3.3.4.7).
             self.close_kept(op)
 
+    def _publish(self, op: "Open") -> None:
+        try:
+            self.server.store.put(OPENS, open_key(op.persistent_id), global_record(op))
+        except Exception as e:  # without the record only this worker can reconnect it
+            log.warning("%s: cannot publish durable open: %s", op.display_name, e)
+
     def reclaim(self, op: "Open") -> None:
-        self._kept.pop(op.persistent_id, None)
+        if self._kept.pop(op.persistent_id, None) is not None:
+            pid = os.getpid()
+            self.server.store.update(OPENS, open_key(op.persistent_id),
+                                     lambda old: None if old is not None and old.get("pid") == pid else old)
         timer = self._timers.pop(op.persistent_id, None)
         if timer is not None:
             timer.cancel()
         op.disconnected = False
+
+    def handed_over(self, op: "Open") -> None:
+        """The Open went to another worker (smbd.server.handoff): nothing of it is ours."""
+        self.reclaim(op)
+        if not self._kept and self.on_empty is not None:
+            self.on_empty()
 
     def _expire(self, op: "Open") -> None:
         self._timers.pop(op.persistent_id, None)
@@ -106,6 +127,24 @@ class DurableTable:
     def close_all(self) -> None:
         for op in list(self._kept.values()):
             self.close_kept(op)
+
+
+OPENS = "opens"  # the state store's table of kept durable Opens (smbd.store)
+
+
+def open_key(persistent_id: int) -> str:
+    return f"{persistent_id:016x}"
+
+
+def global_record(op: "Open") -> dict:
+    """What the other workers need to check a reconnect of a kept Open (3.3.5.9.7/12)."""
+    return {"pid": os.getpid(), "persistent_id": op.persistent_id, "v2": op.durable_v2,
+            "create_guid": str(op.create_guid) if op.create_guid else None,
+            "owner": list(op.owner), "share": op.tree.share.name if op.tree.share else None,
+            "components": list(op.components), "stream": op.stream,
+            "lease_key": op.lease.key.hex() if op.lease is not None else None,
+            "client_guid": str(op.client_guid) if op.client_guid is not None else None,
+            "expires": time.time() + op.durable_timeout}
 
 
 def durable_table(server: "ServerState") -> DurableTable:
@@ -153,8 +192,9 @@ def validate_contexts(create: CreateRequest) -> None:
     v2 = DH2Q in c or DH2C in c
     if v1 and v2:
         raise SmbError(NtStatus.INVALID_PARAMETER, "durable v1 and v2 contexts together")
-    if DHNQ in c and DHNC in c or DH2Q in c and DH2C in c:
+    if DH2Q in c and DH2C in c:
         raise SmbError(NtStatus.INVALID_PARAMETER, "durable request and reconnect together")
+    # 3.3.5.9.7: a DHnQ beside DHnC is ignored (smbtorture durable-open.reopen2).
     if DHNQ in c:
         parse_dhnq(c[DHNQ])
 
@@ -208,13 +248,13 @@ def grant(req: "Request", op: "Open", create: CreateRequest, dh2q: DurableV2Requ
     return []
 
 
-def _same_name(req: "Request", create: CreateRequest, op: "Open") -> bool:
+def _same_name(req: "Request", create: CreateRequest, record: dict) -> bool:
     try:
         parsed = req.tree.vfs.parse_stream_name(create.name)
     except SmbError:
         return False
-    return (tuple(c.casefold() for c in parsed.components) == tuple(c.casefold() for c in op.components)
-            and (parsed.stream or "").casefold() == (op.stream or "").casefold())
+    return (tuple(c.casefold() for c in parsed.components) == tuple(c.casefold() for c in record["components"])
+            and (parsed.stream or "").casefold() == (record["stream"] or "").casefold())
 
 
 def replay_answer(req: "Request", op: "Open") -> tuple[list[tuple[bytes, bytes]], int]:
@@ -235,7 +275,7 @@ def is_reconnect(create: CreateRequest) -> bool:
     return DHNC in create.contexts or DH2C in create.contexts
 
 
-def reconnect(req: "Request", create: CreateRequest) -> tuple["Open", list[tuple[bytes, bytes]], int]:
+async def reconnect(req: "Request", create: CreateRequest) -> tuple["Open", list[tuple[bytes, bytes]], int]:
     """3.3.5.9.7 / 3.3.5.9.12: give a kept Open to the new session. Returns the Open, the
     response contexts and the oplock level to answer with. Every mismatch is
     OBJECT_NAME_NOT_FOUND, as if there were no such handle."""
@@ -251,38 +291,29 @@ def reconnect(req: "Request", create: CreateRequest) -> tuple["Open", list[tuple
         file_id = v2.file_id
     else:
         file_id = parse_dhnc(contexts[DHNC])
-    table = durable_table(server)
-    op = table.kept(file_id[0])
-    not_found = SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "no such durable handle")
-    if op is None or op.closed:
-        raise not_found
-    if v2 is not None:
-        if not op.durable_v2 or op.create_guid != v2.create_guid or op.client_guid != req.conn.client_guid:
-            raise not_found
-    elif op.durable_v2:
-        raise not_found
     lease_data = contexts.get(LEASE_CONTEXT)
     lease_request = None
     if lease_data is not None and req.conn.dialect >= 0x0210:
         # RequestedOplockLevel is ignored on a reconnect, like every field but the name, the
         # reconnect context and the lease key (smbtorture durable-v2-open.reopen2-lease).
         lease_request = LeaseRequest.parse(lease_data)
-    if op.lease is not None:
-        if lease_request is None or lease_request.key != op.lease.key:
-            raise not_found
-    elif lease_request is not None:
-        raise not_found
-    if op.tree.share is not None and req.tree.share is not None and op.tree.share.name != req.tree.share.name:
-        raise not_found
-    if op.lease is not None and not _same_name(req, create, op):
-        # 3.3.5.9.7/12: with a lease the name must match too; unlike everything else a
-        # mismatch here is INVALID_PARAMETER (as Windows and Samba answer).
-        raise SmbError(NtStatus.INVALID_PARAMETER, "durable reconnect under another name")
-    if op.owner != (req.session.domain.upper(), req.session.user.lower()):
-        raise SmbError(NtStatus.ACCESS_DENIED, "durable handle of another user")
-    table.reclaim(op)
-    op.session, op.tree, op.connection = req.session, req.tree, req.conn
-    server.opens[op.volatile_id] = op
+    table = durable_table(server)
+    op = table.kept(file_id[0])
+    if op is not None and not op.closed:
+        record = global_record(op)
+    else:
+        op = None
+        record = server.store.get(OPENS, open_key(file_id[0])) if server.messenger is not None else None
+        if record is None or record.get("pid") == os.getpid() or record.get("expires", 0) < time.time():
+            raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "no such durable handle")
+    check_reconnect(req, create, record, v2, lease_request)
+    if op is None:
+        from .handoff import claim_durable  # the Open is another worker's: it hands it over
+        op = await claim_durable(req, record)
+    else:
+        table.reclaim(op)
+        op.session, op.tree, op.connection = req.session, req.tree, req.conn
+        server.opens[op.volatile_id] = op
     out: list[tuple[bytes, bytes]] = []
     if op.lease is not None:
         out.append((LEASE_CONTEXT, lease_manager(server).response_context(op, lease_request.version)))
@@ -291,6 +322,39 @@ def reconnect(req: "Request", create: CreateRequest) -> tuple["Open", list[tuple
         level = server.oplocks.level(op)
     log.debug("%s: durable open reconnected", op.display_name)
     return op, out, level
+
+
+def check_reconnect(req: "Request", create: CreateRequest, record: dict, v2: DurableV2Reconnect | None,
+                    lease_request: LeaseRequest | None) -> None:
+    """MS-SMB2's checks of a reconnect against the kept Open's global record, in the order
+    that gives Windows' and Samba's statuses. Unlike 3.3.5.9.12 says, and like Samba, a v2
+    reconnect need not come with the Open's ClientGuid (smbtorture durable-v2-open.reopen2),
+    unless the Open holds a lease."""
+    not_found = SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "no such durable handle")
+    # As in Samba: a DH2C names the Open's CreateGuid, which a v1 Open has as all zeros
+    # (durable-open.reopen2-lease reconnects a v1 handle with DH2C); a DHnC may reconnect a
+    # v2 handle too.
+    if v2 is not None and (record["create_guid"] or str(uuid.UUID(int=0))) != str(v2.create_guid):
+        raise not_found
+    lease_key = record.get("lease_key")
+    if lease_key is not None:
+        # A lease belongs to its client (3.3.1.4: a client's leases are found by ClientGuid
+        # and LeaseKey): only that client reconnects an Open holding one (reopen1a-lease).
+        if lease_request is None or lease_request.key.hex() != lease_key:
+            raise not_found
+        if record.get("client_guid") != str(req.conn.client_guid):
+            raise not_found
+    elif lease_request is not None:
+        raise not_found
+    share = req.tree.share.name if req.tree.share is not None else None
+    if record["share"] is not None and share is not None and record["share"] != share:
+        raise not_found
+    if lease_key is not None and not _same_name(req, create, record):
+        # 3.3.5.9.7/12: with a lease the name must match too; unlike everything else a
+        # mismatch here is INVALID_PARAMETER (as Windows and Samba answer).
+        raise SmbError(NtStatus.INVALID_PARAMETER, "durable reconnect under another name")
+    if tuple(record["owner"]) != (req.session.domain.upper(), req.session.user.lower()):
+        raise SmbError(NtStatus.ACCESS_DENIED, "durable handle of another user")
 
 
 # ---- LOCK replay detection (3.3.5.14, LockSequenceNumber/LockSequenceIndex) ----------------------

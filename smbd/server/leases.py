@@ -267,6 +267,20 @@ class LeaseManager:
         self._back_or_shrink(lease)
         return self.response_context(op)
 
+    def adopt(self, op: "Open", client_guid: Any, key: bytes, version: int, state: int, epoch: int,
+              parent_key: bytes | None) -> None:
+        """An Open another worker handed over (smbd.server.handoff) brings its lease as it
+        was; the kernel lease behind it is taken here (or the state shrinks to what the
+        kernel allows, as for a new lease)."""
+        lease = self._leases.get((client_guid, key))
+        if lease is None or not lease.opens:
+            lease = Lease(client_guid, key, op.file_key, version, state=state, epoch=epoch, parent_key=parent_key)
+            self._leases[(client_guid, key)] = lease
+            self._by_file.setdefault(op.file_key, []).append(lease)
+        op.lease = lease
+        lease.opens.append(op)
+        self._back_or_shrink(lease)
+
     def response_context(self, op: "Open", version: int | None = None) -> bytes:
         """The RqLs response for an Open holding its lease: in the lease's own version (a v1
         request on a v2 lease is answered v2, and the other way round)."""

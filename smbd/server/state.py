@@ -140,7 +140,6 @@ class ServerState:
         self.io_pool = ThreadPoolExecutor(max_workers=config.io_threads, thread_name_prefix="smbd-io")
         self._vfs: dict[str, "VfsShare"] = {}
         self._volatile = itertools.count(1)
-        self._persistent = itertools.count(1)
         self._opens_by_file: dict[int, int] = {}  # file key (inode) -> local open count
         self._delete_pending: set[int] = set()
         from .locks import ByteRangeLocks
@@ -154,6 +153,7 @@ class ServerState:
         self.durable = DurableTable(self)  # disconnected durable Opens awaiting a reconnect
         self.store = open_volatile(config.runtime_dir)  # shared with the other workers
         self.global_sessions = GlobalSessionTable(self.store)
+        self.messenger = None  # smbd.server.messaging.Messenger, in a worker of smbdd
 
     def new_session_id(self) -> int:
         while True:
@@ -165,7 +165,10 @@ class ServerState:
         return next(self._volatile)
 
     def persistent_ids(self) -> int:
-        return next(self._persistent)
+        """Open.DurableFileId: unique in the server, not only in this worker, since a durable
+        reconnect names it to whichever worker it reaches (smbd.server.durable); random, as
+        session ids are, so no two workers need to agree on a counter."""
+        return secrets.randbits(63) | 1
 
     def register_open(self, op: Open) -> None:
         self.opens[op.volatile_id] = op

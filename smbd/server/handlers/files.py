@@ -178,7 +178,7 @@ async def _grant_caching(req: "Request", create: CreateRequest, op: Open, lease_
 
 async def _reconnect(req: "Request", create: CreateRequest) -> bytes:
     """DHnC / DH2C: answer with the kept Open (3.3.5.9.7, 3.3.5.9.12)."""
-    op, contexts, oplock = durable.reconnect(req, create)
+    op, contexts, oplock = await durable.reconnect(req, create)
     return await _answer_existing(req, op, contexts, oplock)
 
 

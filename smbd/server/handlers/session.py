@@ -121,7 +121,12 @@ async def handle_session_setup(req: "Request") -> bytes:
             return _complete_bind(req, session, auth, res, token)
         if session.state == SessionState.VALID:
             return _complete_reauth(req, session, auth, res, setup, token)
-        return _complete_new(req, session, auth, res, setup, token)
+        response = _complete_new(req, session, auth, res, setup, token)
+        prev = setup.previous_session_id
+        if prev and prev != session.session_id and prev not in server.sessions:
+            from ..handoff import close_previous_elsewhere
+            await close_previous_elsewhere(req, prev)  # before the answer: see smbd.server.handoff
+        return response
     except SmbError as e:
         auths.pop(session.session_id, None)
         if isinstance(e, AuthError):
@@ -314,8 +319,8 @@ def _complete_new(req: "Request", session: Session, auth: SessionAuth, res: Auth
 def _close_previous(req: "Request", session: Session, setup: SessionSetupRequest) -> None:
     """PreviousSessionId (3.3.5.5.3): a client that reconnects names its old session; the
     server logs it off, with its trees and non-durable opens, if the same user owns it
-    (smbtorture smb2.session.reconnect1/2). A session of another worker is left to its
-    own connection's end."""
+    (smbtorture smb2.session.reconnect1/2). A session of another worker is that worker's
+    to end (smbd.server.handoff.close_previous_elsewhere)."""
     prev = setup.previous_session_id
     if not prev or prev == session.session_id:
         return
@@ -341,6 +346,10 @@ async def handle_logoff(req: "Request") -> bytes:
     parse_empty(req.msg)
     session = req.session
     session.state = SessionState.EXPIRED
+    # Like Samba (smbtorture durable-open.reopen4), a LOGOFF leaves durable Opens waiting
+    # for a reconnect, as a dropped connection does.
+    from ..durable import preserve_session
+    preserve_session(req.server, session)
     req.server.logoff(session)
     return empty_response()
 
