@@ -25,6 +25,7 @@ from smbd.wire import control
 from smbd.wire.header import (HEADER_SIZE, PROTOCOL_ID, SIGNATURE_OFFSET, SMB1_ID, TRANSFORM_ID,
                               Command, Flags, Header)
 
+from . import channel_sequence
 from .objects import Open, Session, SessionState, TreeConnect
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class Request:
     # SESSION_SETUP only: what its handler decided the response is signed with (a bind is
     # answered with Session.SigningKey until the channel has its own; see handlers.session).
     setup_signer: Any = None
+    counted: tuple | None = None  # (Open, ChannelSequence, generation) this request is counted on
 
     @property
     def server(self) -> "ServerState":
@@ -100,6 +102,14 @@ class Request:
         if (op is None or op.closed or op.session is not self.session or op.tree is not self.tree
                 or op.persistent_id != self.resolve_file_id(file_id)[0]):
             raise SmbError(NtStatus.FILE_CLOSED)
+        op.replay_cached = False
+        if self.conn.dialect >= 0x0300 and self.counted is None:
+            hdr = self.header
+            seq = hdr.channel_sequence
+            generation = channel_sequence.admit(op.sequence, seq, replay=bool(hdr.flags & Flags.REPLAY_OPERATION),
+                                                modifying=hdr.command in channel_sequence.MODIFYING)
+            if generation is not None:
+                self.counted = (op, seq, generation)
         return op
 
     async def go_async(self) -> None:
@@ -272,7 +282,12 @@ class SmbConnection:
             if handler is None:  # before the session checks, as Windows and Samba answer it
                 raise SmbError(NtStatus.INVALID_PARAMETER, "unknown command")
             self._prepare(req, related, encrypted_session)
-            body = await handler(req)
+            try:
+                body = await handler(req)
+            finally:
+                if req.counted is not None:
+                    op, seq, generation = req.counted
+                    channel_sequence.finish(op.sequence, seq, generation)
             return req.status, body
         except SmbError as e:
             if e.status not in _QUIET:

@@ -213,7 +213,7 @@ def replayed_open(req: "Request", dh2q: DurableV2Request | None) -> "Open | None
         return None
     table = durable_table(req.server)
     op = table.find_by_create_guid(req.conn.client_guid, dh2q.create_guid)
-    if op is None:
+    if op is None or not op.replay_cached:
         return None
     if not req.header.flags & Flags.REPLAY_OPERATION:
         raise SmbError(NtStatus.DUPLICATE_OBJECTID, "CreateGuid in use")
@@ -238,6 +238,7 @@ def grant(req: "Request", op: "Open", create: CreateRequest, dh2q: DurableV2Requ
         op.durable, op.durable_v2 = True, True
         op.durable_timeout = timeout / 1000.0
         op.create_guid = dh2q.create_guid
+        op.replay_cached = True
         # Persistent handles (SMB2_DHANDLE_FLAG_PERSISTENT) are not granted: we do not
         # advertise SMB2_GLOBAL_CAP_PERSISTENT_HANDLES.
         return [(DH2Q, dh2q_response(timeout, 0))]
@@ -257,15 +258,30 @@ def _same_name(req: "Request", create: CreateRequest, record: dict) -> bool:
             and (parsed.stream or "").casefold() == (record["stream"] or "").casefold())
 
 
-def replay_answer(req: "Request", op: "Open") -> tuple[list[tuple[bytes, bytes]], int]:
-    """The contexts and oplock level of a replayed CREATE's answer: what the Open holds."""
-    out: list[tuple[bytes, bytes]] = []
+def replay_answer(req: "Request", op: "Open", create: CreateRequest) -> tuple[list[tuple[bytes, bytes]], int]:
+    """The contexts and oplock level of a replayed CREATE's answer (3.3.5.9.10; smbtorture
+    smb2.replay.replay-dhv2-*, answered as Samba does).
+
+    The replay must ask for the same kind of caching as the original: a lease with the
+    same key for an Open holding a lease, no lease for one that does not; else
+    ACCESS_DENIED. A replay that asks for no oplock is answered with none and without
+    durability, as if granted afresh; otherwise it gets what the Open holds."""
+    lease_data = create.contexts.get(LEASE_CONTEXT)
+    asks_lease = create.oplock_level == OplockLevel.LEASE and lease_data is not None
     if op.lease is not None:
-        out.append((LEASE_CONTEXT, lease_manager(req.server).response_context(op)))
+        if not asks_lease or LeaseRequest.parse(lease_data).key != op.lease.key:
+            raise SmbError(NtStatus.ACCESS_DENIED, "replay with another lease")
+        out = [(LEASE_CONTEXT, lease_manager(req.server).response_context(op))]
         level = OplockLevel.LEASE
+        durable = bool(op.lease.state & LeaseState.HANDLE)
     else:
-        level = req.server.oplocks.level(op)
-    out.append((DH2Q, dh2q_response(int(op.durable_timeout * 1000), 0)))
+        if asks_lease:
+            raise SmbError(NtStatus.ACCESS_DENIED, "replay of an oplock open with a lease")
+        out = []
+        level = req.server.oplocks.level(op) if create.oplock_level != OplockLevel.NONE else OplockLevel.NONE
+        durable = level == OplockLevel.BATCH
+    if durable:
+        out.append((DH2Q, dh2q_response(int(op.durable_timeout * 1000), 0)))
     return out, level
 
 

@@ -117,7 +117,8 @@ def _export(server: "ServerState", op: Open) -> dict:
         "create_guid": str(op.create_guid) if op.create_guid else None, "owner": list(op.owner),
         "lock_sequences": {str(k): v for k, v in op.lock_sequences.items()},
         "locks": [[lk.offset, lk.length, lk.exclusive] for lk in server.byte_locks.held_by(op)],
-        "oplock": server.oplocks.level(op),
+        "oplock": server.oplocks.level(op), "create_action": op.create_action,
+        "channel_sequence": op.sequence.sequence,
         "lease": None if lease is None else {
             "key": lease.key.hex(), "version": lease.version, "state": lease.state, "epoch": lease.epoch,
             "parent_key": lease.parent_key.hex() if lease.parent_key else None},
@@ -151,6 +152,7 @@ def _adopt(req: "Request", state: dict, fds: list[int]) -> Open:
     op.client_guid = req.conn.client_guid
     op.owner = tuple(state["owner"])
     op.lock_sequences = {int(k): v for k, v in state["lock_sequences"].items()}
+    op.create_action, op.sequence.sequence = state["create_action"], state["channel_sequence"]
     server.register_open(op)
     for offset, length, exclusive in state["locks"]:
         server.byte_locks.add(op, offset, length, exclusive)

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from smbd.crypto import SessionKeys
 
+from .channel_sequence import SequenceState
+
 if TYPE_CHECKING:
     from smbd.vfs.posix import Share as VfsShare
 
@@ -124,6 +126,12 @@ class Open:
     owner: tuple[str, str] = ("", "")  # (domain, user) allowed to reconnect it
     disconnected: bool = False  # kept after its connection dropped, waiting for a reconnect
     lock_sequences: dict = field(default_factory=dict)  # Open.LockSequenceArray: index -> number
+    sequence: Any = field(default_factory=SequenceState)  # 3.3.5.2.10 ChannelSequence counts
+    create_action: int = 1  # what the CREATE did (CreateAction), for the answer to a replay
+    # A replayed CREATE with this Open's CreateGuid gets this Open back only until another
+    # request uses the handle; after that the client cannot be resending (Samba clears its
+    # replay cache on the first lookup of the handle).
+    replay_cached: bool = False
 
     @property
     def file_id(self) -> tuple[int, int]:

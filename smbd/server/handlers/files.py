@@ -110,7 +110,8 @@ async def handle_create(req: "Request") -> bytes:
     dh2q = durable.v2_request(req, create)
     replayed = durable.replayed_open(req, dh2q)
     if replayed is not None and replayed.session is req.session and not replayed.disconnected:
-        return await _answer_existing(req, replayed, *durable.replay_answer(req, replayed))
+        contexts, oplock = durable.replay_answer(req, replayed, create)
+        return await _answer_existing(req, replayed, contexts, oplock, replayed.create_action)
     lease_request = _lease_request(req, create)
     vfs = tree.vfs
     parsed = vfs.parse_stream_name(create.name)
@@ -121,6 +122,7 @@ async def handle_create(req: "Request") -> bytes:
     eas = _requested_eas(create)
     create_context_descriptor(create.contexts)  # a malformed SecD fails before anything is created
     op = await _open_after_breaks(req, create, parsed, access, eas, lease_request)
+    op.open.create_action = op.action
     oplock, contexts = await _grant_caching(req, create, op.open, lease_request, dh2q)
     if _MXAC in create.contexts:
         mxac = await server.io(maximal_access, op.open.meta_fd, tree.maximal_access,  # narrowed by a stored DACL
@@ -182,11 +184,13 @@ async def _reconnect(req: "Request", create: CreateRequest) -> bytes:
     return await _answer_existing(req, op, contexts, oplock)
 
 
-async def _answer_existing(req: "Request", op: Open, contexts: list, oplock: int) -> bytes:
-    """A CREATE response for an Open that already exists (durable reconnect, replay)."""
+async def _answer_existing(req: "Request", op: Open, contexts: list, oplock: int,
+                           action: int = CreateAction.OPENED) -> bytes:
+    """A CREATE response for an Open that already exists: a durable reconnect (OPENED), a
+    replay (what the original CREATE did)."""
     info = await req.server.io(streams.info_of, op)
     req.created_file_id = op.file_id
-    return CreateResponse(oplock, 0, CreateAction.OPENED, info.creation_time, info.last_access_time,
+    return CreateResponse(oplock, 0, action, info.creation_time, info.last_access_time,
                           info.last_write_time, info.change_time, info.allocation_size, info.size,
                           info.attributes, op.file_id, encode_contexts(contexts) if contexts else b"").pack()
 
