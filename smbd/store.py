@@ -34,7 +34,7 @@ from typing import Callable, Iterator
 Record = dict
 Update = Callable[[Record | None], Record | None]
 
-VOLATILE_TABLES = ("sessions", "opens")
+VOLATILE_TABLES = ("sessions", "opens", "caching")
 PERSISTENT_TABLES = ("server",)
 
 
@@ -51,6 +51,13 @@ class StateStore:
 
     def items(self, table: str) -> Iterator[tuple[str, Record]]:
         raise NotImplementedError
+
+    def count(self, table: str) -> int:
+        return sum(1 for _ in self.items(table))
+
+    def scan(self, table: str, prefix: str) -> list[tuple[str, Record]]:
+        """The records whose key starts with ``prefix``, in key order."""
+        return sorted((k, r) for k, r in self.items(table) if k.startswith(prefix))
 
     def close(self) -> None:
         pass
@@ -146,6 +153,25 @@ class LmdbStore(StateStore):
         for key, record in rows:
             if record is not None:
                 yield key, record
+
+    def count(self, table: str) -> int:
+        with self.env.begin(db=self._db(table)) as txn:
+            return txn.stat(self._db(table))["entries"]
+
+    def scan(self, table: str, prefix: str) -> list[tuple[str, Record]]:
+        # A range read from the first key >= prefix: only the matching records are decoded.
+        p = prefix.encode()
+        out = []
+        with self.env.begin(db=self._db(table)) as txn:
+            cursor = txn.cursor()
+            if cursor.set_range(p):
+                for k, v in cursor:
+                    if not k.startswith(p):
+                        break
+                    record = _decode(v)
+                    if record is not None:
+                        out.append((k.decode(), record))
+        return out
 
     def clear(self) -> None:
         """Empty every table (the volatile store at a start of smbdd)."""

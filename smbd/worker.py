@@ -19,6 +19,7 @@ import sys
 from smbd.control import recv_record, send_record
 from smbd.server.config import ServerConfig
 from smbd.server.connection import SmbConnection
+from smbd.server import caching
 from smbd.server.handoff import serve_requests
 from smbd.server.messaging import Messenger
 from smbd.server.oplocks import block_lease_signals
@@ -67,6 +68,7 @@ class Worker:
             self.server.oplocks.start(self.loop)
             self.server.messenger = Messenger(lambda rec, fds: send_record(self.control, rec, fds))
             serve_requests(self.server)
+            caching.serve_requests(self.server)
             send_record(self.control, {"op": "ready"})
         elif op == "message" and self.server is not None and self.server.messenger is not None:
             self.server.messenger.deliver(record, fds)

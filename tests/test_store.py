@@ -157,3 +157,16 @@ def test_runtime_dirs_of_gone_smbdd_are_swept(tmp_path):
     live.mkdir()
     make_runtime_dir(tmp_path)
     assert live.exists()
+
+
+def test_scan_reads_one_prefix_and_count(store):
+    """The caching table is read by file: ``scan`` must return that file's records only."""
+    store.put("caching", "12/100", {"pid": 100})
+    store.put("caching", "12/200", {"pid": 200})
+    store.put("caching", "123/100", {"pid": 100})  # another file whose key starts alike
+    store.put("caching", "13/100", {"pid": 100})
+    assert [k for k, _ in store.scan("caching", "12/")] == ["12/100", "12/200"]
+    assert store.scan("caching", "99/") == []
+    assert store.count("caching") == 4
+    assert store.delete_where("caching", lambda r: r["pid"] == 100) == 3
+    assert store.count("caching") == 1

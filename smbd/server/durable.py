@@ -18,6 +18,7 @@ the request against that record, and if it passes, asks the holder to hand the O
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -53,6 +54,7 @@ class DurableTable:
         self._kept: dict[int, "Open"] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self.on_empty: Callable[[], None] | None = None  # the worker may retire when nothing is kept
+        self.creating: set[tuple[Any, uuid.UUID]] = set()  # (ClientGuid, CreateGuid) of CREATEs in progress
         server.oplocks.on_disconnected_break = self.close_kept
         lease_manager(server).on_disconnected = self.close_kept
 
@@ -218,6 +220,26 @@ def replayed_open(req: "Request", dh2q: DurableV2Request | None) -> "Open | None
     if not req.header.flags & Flags.REPLAY_OPERATION:
         raise SmbError(NtStatus.DUPLICATE_OBJECTID, "CreateGuid in use")
     return op
+
+
+@contextlib.contextmanager
+def creating(req: "Request", dh2q: DurableV2Request | None):
+    """Bracket a DH2Q CREATE that makes a new Open. The same CreateGuid arriving while it is
+    still in progress (a replay sent on another channel while the first waits for a break)
+    gets FILE_NOT_AVAILABLE, so the client retries once the first has an answer; as Samba
+    answers it from its replay cache (smbtorture smb2.replay.dhv2-pending*)."""
+    if dh2q is None:
+        yield
+        return
+    key = (req.conn.client_guid, dh2q.create_guid)
+    table = durable_table(req.server)
+    if key in table.creating:
+        raise SmbError(NtStatus.FILE_NOT_AVAILABLE, "a CREATE with this CreateGuid is in progress")
+    table.creating.add(key)
+    try:
+        yield
+    finally:
+        table.creating.discard(key)
 
 
 def grant(req: "Request", op: "Open", create: CreateRequest, dh2q: DurableV2Request | None,

@@ -118,6 +118,9 @@ class LeaseManager:
         self._by_file: dict[int, list[Lease]] = {}
         self._backing: dict[int, _Backing] = {}  # by fd
         self._released: set[int] = set()  # files whose backing an I/O thread dropped for our own open
+        # Files another worker opens or has open (smbd.server.caching): their leases hold no
+        # kernel lease, which that worker's open would break to none behind its back.
+        self._foreign: set[int] = set()
         # A lease whose every Open is a disconnected durable one has no channel to hear a
         # break: such Opens are closed instead (smbd.server.durable sets this).
         self.on_disconnected: Callable[["Open"], None] | None = None
@@ -193,10 +196,17 @@ class LeaseManager:
     async def break_handles(self, req: "Request", file_key: int | None, own_key: bytes | None) -> bool:
         """A new open met a sharing violation: break H of the other leases on the file (the
         client may then close the cached handles) and wait. True if any H was broken."""
+        broke, waits = self.break_handles_of(file_key, req.conn.client_guid, own_key)
+        await self._wait(req, waits)
+        return broke
+
+    def break_handles_of(self, file_key: int | None, client_guid: Any, own_key: bytes | None
+                         ) -> tuple[bool, list[asyncio.Event]]:
+        """Break H of the file's leases but the opener's own: (any broken, what to wait for)."""
         waits = []
         broke = False
         for lease in self.leases_of(file_key):
-            if lease.key == own_key and lease.client_guid == req.conn.client_guid:
+            if lease.key == own_key and lease.client_guid == client_guid:
                 continue
             current = lease.breaking_to if lease.breaking else lease.state
             if current & H:
@@ -204,8 +214,32 @@ class LeaseManager:
                 ev = self.break_lease(lease, R | W)
                 if ev is not None:
                     waits.append(ev)
-        await self._wait(req, waits)
-        return broke
+        return broke, waits
+
+    def break_for_remote_open(self, file_key: int, truncating: bool, client_guid: str | None,
+                              own_key: bytes | None, stat: bool = False) -> list[asyncio.Event]:
+        """Another worker opens the file (smbd.server.caching): W goes, an overwrite takes
+        everything, as for an open here (``break_for_open``); returns the acknowledgments
+        the opener waits for (cached writes only). The kernel leases of the file go now."""
+        self._foreign.add(file_key)
+        for fd, b in list(self._backing.items()):
+            if b.lease.file_key == file_key:
+                self.oplocks.unwatch(fd)
+                del self._backing[fd]
+                if not b.op.closed:
+                    drop_lease(fd)
+        if stat:
+            return []  # attributes only: no caching conflicts with it (MS-FSA 2.1.5.1.2)
+        keep = 0 if truncating else R | H
+        waits = []
+        for lease in self.leases_of(file_key):
+            if lease.key == own_key and str(lease.client_guid) == client_guid:
+                continue
+            dirty = bool(lease.state & W)
+            ev = self.break_lease(lease, keep)
+            if ev is not None and dirty:
+                waits.append(ev)
+        return waits
 
     async def break_for_namespace_change(self, req: "Request", op: "Open") -> None:
         """A rename or delete through ``op``: other keys' handle caching on the file goes
@@ -265,7 +299,13 @@ class LeaseManager:
         op.lease = lease
         lease.opens.append(op)
         self._back_or_shrink(lease)
+        self._changed(lease.file_key)
         return self.response_context(op)
+
+    def _changed(self, file_key: int | None) -> None:
+        changed = getattr(self.server, "caching_changed", None)
+        if changed is not None:
+            changed(file_key)
 
     def adopt(self, op: "Open", client_guid: Any, key: bytes, version: int, state: int, epoch: int,
               parent_key: bytes | None) -> None:
@@ -280,6 +320,7 @@ class LeaseManager:
         op.lease = lease
         lease.opens.append(op)
         self._back_or_shrink(lease)
+        self._changed(lease.file_key)
 
     def response_context(self, op: "Open", version: int | None = None) -> bytes:
         """The RqLs response for an Open holding its lease: in the lease's own version (a v1
@@ -294,11 +335,13 @@ class LeaseManager:
     def _back_or_shrink(self, lease: Lease) -> None:
         """Take the kernel lease that protects ``lease`` from other processes; when this
         worker's only descriptor of the file cannot get it, another process has the file
-        open, and the caching the kernel refuses is not granted (W first, then R)."""
+        open, and W is not granted. R and H are, as Windows grants them beside other
+        clients' opens; other workers' writes and sharing violations break them
+        (smbd.server.caching), with no kernel lease behind them."""
         failed = self.rebalance(lease.file_key)
-        while failed and lease.state & (R | W) and self._single_descriptor(lease.file_key):
-            lease.state &= ~W if lease.state & W else ~(R | H)
-            failed = self.rebalance(lease.file_key)
+        if failed and lease.state & W and self._single_descriptor(lease.file_key):
+            lease.state &= ~W
+            self.rebalance(lease.file_key)
 
     def _single_descriptor(self, file_key: int) -> bool:
         fds = {o.fd for l in self.leases_of(file_key) for o in l.opens if not o.closed}
@@ -311,6 +354,8 @@ class LeaseManager:
         """Hold the kernel leases the file's SMB2 leases need, as far as the kernel allows.
         Returns True if a needed kernel lease was refused."""
         desired: dict[int, tuple[Lease, "Open", int]] = {}
+        if file_key in self._foreign:
+            return False
         leased = {o.fd: (l, o) for l in self.leases_of(file_key) for o in l.opens
                   if not o.closed and not l.kernel_break}
         plain = [o for o in self.server.opens_of(file_key) if o.lease is None and not o.closed]
@@ -408,6 +453,7 @@ class LeaseManager:
             lease.state = new
             if lease.kernel_break is None:
                 self.rebalance(lease.file_key)
+            self._changed(lease.file_key)
             return None
         lease.breaking_to = new
         lease.acked = event or asyncio.Event()
@@ -417,8 +463,12 @@ class LeaseManager:
     def break_on_write(self, writer: "Open") -> None:
         """A write through ``writer``: other keys' read caching on the file is stale now
         (MS-FSA 2.1.4.12): their leases break to none (at once for R-only ones)."""
-        for lease in self.leases_of(writer.file_key):
-            if lease is writer.lease:
+        self.break_reads(writer.file_key, writer.lease)
+
+    def break_reads(self, file_key: int | None, writers: Lease | None) -> None:
+        """Break every lease of the file holding R but the writer's own to none."""
+        for lease in self.leases_of(file_key):
+            if lease is writers:
                 continue
             if (lease.breaking_to if lease.breaking else lease.state) & R:
                 self.break_lease(lease, 0)
@@ -472,6 +522,7 @@ class LeaseManager:
             self._settle_kernel(lease)
         elif lease.opens:
             self.rebalance(lease.file_key)
+        self._changed(lease.file_key)
 
     # -- 3.3.5.22.2: the acknowledgment --------------------------------------------------------
 
@@ -509,6 +560,7 @@ class LeaseManager:
             del self._backing[op.fd]
         if lease.opens:
             self.rebalance(lease.file_key)
+            self._changed(lease.file_key)
             return
         # 3.3.4.? the last Open of a lease closed: the lease is gone (and a break with it).
         if lease.breaking:
@@ -519,8 +571,10 @@ class LeaseManager:
             by_file.remove(lease)
             if not by_file:
                 del self._by_file[lease.file_key]
+                self._foreign.discard(lease.file_key)
             else:
                 self.rebalance(lease.file_key)
+        self._changed(lease.file_key)
 
 
 def _channel_for(lease: Lease) -> Any:

@@ -24,10 +24,14 @@ ssi_fd. We send the Oplock Break Notification and wait for the acknowledgment (o
 the 35 s timer), then drop or downgrade the lease, and the kernel lets the opener go on.
 The kernel's own /proc/sys/fs/lease-break-time (45 s by default) is the last resort.
 
-Break levels: a write lease may be downgraded to a read lease only on a read-only fd, and only
-when the opener wants to read (the kernel reports the target through F_GETLEASE); a client
-holding a writable handle is therefore always broken to NONE. That is stricter than Windows
-(which would offer LEVEL_II) but it is the only answer that keeps other clients' data safe.
+Break levels: the kernel cannot express what Windows grants when several clients open a
+file (level II on a writable fd; a batch oplock broken to level II when another client
+opens for writing). Those decisions are made by the workers themselves: before an open,
+the opener breaks batch and exclusive oplocks to level II here and in the other workers
+(``break_for_open``, smbd.server.caching), a write ends level II everywhere
+(``break_level_ii``), and a level II granted while others have the file open holds no
+kernel lease (Grant.lease None). A break the kernel starts (a local program, or an open
+that raced the store) still goes to none unless our fd is read-only.
 """
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from smbd.status import NtStatus, SmbError
-from smbd.wire.create import OplockLevel
+from smbd.wire.create import CreateAction, OplockLevel
 from smbd.wire.oplock import oplock_break_notification
 
 if TYPE_CHECKING:
@@ -64,6 +68,9 @@ _SIGNALFD_SIGINFO = struct.Struct("<IiiIIi")  # ssi_signo, ssi_errno, ssi_code, 
 _SIGNALFD_SIGINFO_SIZE = 128  # sizeof(struct signalfd_siginfo), signalfd(2)
 
 _EXCLUSIVE_LEVELS = (OplockLevel.BATCH, OplockLevel.EXCLUSIVE)
+# An open that created, superseded or overwrote the file gets an oplock even when it asked
+# for attributes only, as Windows and Samba grant it (smbtorture smb2.oplock.batch9, batch13)
+_NEW_DATA = (CreateAction.CREATED, CreateAction.SUPERSEDED, CreateAction.OVERWRITTEN)
 
 
 def block_lease_signals() -> None:
@@ -161,9 +168,16 @@ class Grant:
     op: "Open"
     fd: int
     level: int  # the SMB2 oplock level the client holds
-    lease: int  # fcntl.F_WRLCK or fcntl.F_RDLCK, held on fd
+    # fcntl.F_WRLCK or fcntl.F_RDLCK held on fd; None when the kernel cannot express the
+    # level (level II on a writable fd, or while another process has the file open):
+    # then the other workers tell us of conflicts (smbd.server.caching).
+    lease: int | None
     breaking_to: int | None = None  # while Breaking: the level offered in the notification
     timer: asyncio.TimerHandle | None = None
+    acked: asyncio.Event | None = None  # set when a break that needs an acknowledgment ends
+    # The break in progress was for a reader (the kernel's, or a worker's open without
+    # write access): acknowledged to level II on a read-only fd, a read lease may stay.
+    for_reader: bool = False
 
 
 class OplockManager:
@@ -185,10 +199,26 @@ class OplockManager:
         # Called instead of notifying when the holder is a disconnected durable Open: it has
         # no channel to hear the break, so it is closed (MS-SMB2 3.3.4.6; smbd.server.durable).
         self.on_disconnected_break: Callable[["Open"], None] | None = None
+        # Told the file key whenever the oplocks held on a file change (smbd.server.caching
+        # publishes them for the other workers).
+        self.on_change: Callable[[int | None], None] | None = None
 
     @property
     def enabled(self) -> bool:
         return self._sigfd is not None
+
+    @property
+    def has_grants(self) -> bool:
+        return bool(self._grants)
+
+    def levels_of(self, file_key: int | None) -> list[int]:
+        """The levels held (or being broken to) on a file, for smbd.server.caching."""
+        return [max(g.level, g.breaking_to or 0) for g in self._grants.values()
+                if g.op.file_key == file_key and not g.op.closed]
+
+    def _changed(self, op: "Open") -> None:
+        if self.on_change is not None:
+            self.on_change(op.file_key)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> bool:
         if self._sigfd is not None:
@@ -230,19 +260,25 @@ class OplockManager:
             return OplockLevel.NONE
         if requested not in (OplockLevel.II, *_EXCLUSIVE_LEVELS):
             return OplockLevel.NONE  # NONE, or a lease (RqLs) request: we grant no leases yet
-        if not _has_data_access(op.granted_access):
+        if not _has_data_access(op.granted_access) and op.create_action not in _NEW_DATA:
             return OplockLevel.NONE  # attribute-only ("stat") opens get none, as in Samba
         writable = is_writable_fd(op.fd)
         if requested == OplockLevel.II and not writable and take_lease(op.fd, fcntl.F_RDLCK):
             level, lease = OplockLevel.II, fcntl.F_RDLCK  # other readers need not break it
         elif take_lease(op.fd, fcntl.F_WRLCK):
+            # The kernel grants a write lease only while no other descriptor of the file
+            # exists anywhere: nobody else has it open, the full level may be granted.
             level, lease = requested, fcntl.F_WRLCK
         elif not writable and take_lease(op.fd, fcntl.F_RDLCK):
             level, lease = OplockLevel.II, fcntl.F_RDLCK
         else:
-            return OplockLevel.NONE
+            # Others have the file open (their exclusive oplocks were broken before this
+            # open, smbd.server.caching.prepare_open): level II, as Windows grants it,
+            # which later writes break through smbd.server.caching, not the kernel.
+            level, lease = OplockLevel.II, None
         self._grants[op.fd] = Grant(op, op.fd, level, lease)
-        log.debug("%s: oplock 0x%02x granted (lease %d, fd %d)", op.display_name, level, lease, op.fd)
+        log.debug("%s: oplock 0x%02x granted (lease %s, fd %d)", op.display_name, level, lease, op.fd)
+        self._changed(op)
         return level
 
     def level(self, op: "Open") -> int:
@@ -284,6 +320,8 @@ class OplockManager:
     def _check(self, grant: Grant) -> None:
         """Start a break if the kernel is breaking this lease (a queued signal may be stale:
         the fd may since have been closed and its number reused for a new lease)."""
+        if grant.lease is None:
+            return
         if grant.breaking_to is not None:
             if lease_state(grant.fd) == fcntl.F_UNLCK and grant.breaking_to != OplockLevel.NONE:
                 grant.breaking_to = OplockLevel.NONE  # a writer came along during the break
@@ -305,9 +343,61 @@ class OplockManager:
             self._end(grant, release=True)
             return
         downgradable = not wants_write and grant.lease == fcntl.F_WRLCK and not is_writable_fd(grant.fd)
-        grant.breaking_to = OplockLevel.II if downgradable else OplockLevel.NONE
+        grant.for_reader = downgradable
+        self._start_break(grant, OplockLevel.II if downgradable else OplockLevel.NONE)
+
+    def _start_break(self, grant: Grant, to: int) -> asyncio.Event:
+        """Notify a break of an exclusive or batch oplock; the acknowledgment ends it."""
+        grant.breaking_to = to
+        grant.acked = asyncio.Event()
         grant.timer = self._loop.call_later(self.ack_timeout, self._ack_timed_out, grant)
-        self._notify(op, grant.breaking_to)
+        self._notify(grant.op, to)
+        self._changed(grant.op)
+        return grant.acked
+
+    def break_for_open(self, file_key: int | None, *, truncating: bool, writing: bool,
+                       stat: bool = False, handles_only: bool = False) -> list[asyncio.Event]:
+        """An open of the file (by this worker's client or another's) is about to happen:
+        batch and exclusive oplocks break to level II, or to none for an overwrite (MS-FSA
+        2.1.5.1.2 as Windows applies it); an overwrite also ends level II. Kernel read
+        leases that an open for writing would break are let go, the level stays (later
+        writes break it); a stat open breaks nothing but the kernel leases, which its
+        open(2) would; an open that will meet a sharing violation breaks only batch
+        (the handle caching). Returns the acknowledgments to wait for."""
+        waits = []
+        for grant in [g for g in self._grants.values() if g.op.file_key == file_key and not g.op.closed]:
+            op = grant.op
+            if stat:
+                if grant.lease == fcntl.F_WRLCK:
+                    drop_lease(grant.fd)
+                    grant.lease = None
+                continue
+            if grant.breaking_to is not None:
+                if truncating:
+                    grant.breaking_to = OplockLevel.NONE
+                if grant.acked is not None:
+                    waits.append(grant.acked)
+                continue
+            if op.disconnected and self.on_disconnected_break is not None:
+                self._end(grant, release=True)
+                self.on_disconnected_break(op)
+                continue
+            if grant.lease == fcntl.F_WRLCK or (writing and grant.lease is not None):
+                # The opener's open(2) would break it to none behind our back.
+                drop_lease(grant.fd)
+                grant.lease = None
+            if handles_only:
+                if grant.level == OplockLevel.BATCH:
+                    grant.for_reader = True
+                    waits.append(self._start_break(grant, OplockLevel.II))
+                continue
+            if grant.level in _EXCLUSIVE_LEVELS:
+                grant.for_reader = not writing
+                waits.append(self._start_break(grant, OplockLevel.NONE if truncating else OplockLevel.II))
+            elif truncating:
+                self._notify(op, OplockLevel.NONE)
+                self._end(grant, release=True)
+        return waits
 
     def break_level_ii(self, file_key: int | None) -> None:
         """A write (or another change of the data) is about to happen on the file: every
@@ -348,12 +438,27 @@ class OplockManager:
         if grant.timer is not None:
             grant.timer.cancel()
             grant.timer = None
-        if (level == OplockLevel.II and grant.breaking_to == OplockLevel.II
-                and lease_state(grant.fd) == fcntl.F_RDLCK and take_lease(grant.fd, fcntl.F_RDLCK)):
-            grant.level, grant.lease, grant.breaking_to = OplockLevel.II, fcntl.F_RDLCK, None
+        if level == OplockLevel.II and grant.breaking_to == OplockLevel.II:
+            # A break for a reader keeps a read lease on a read-only fd (the reader's
+            # open(2) does not break it); after one for a writer no kernel lease stays.
+            if grant.for_reader and not is_writable_fd(grant.fd) and take_lease(grant.fd, fcntl.F_RDLCK):
+                grant.lease = fcntl.F_RDLCK
+            elif grant.lease is not None:
+                drop_lease(grant.fd)
+                grant.lease = None
+            grant.for_reader = False
+            grant.level, grant.breaking_to = OplockLevel.II, None
+            self._set_acked(grant)
+            self._changed(grant.op)
             return OplockLevel.II
         self._end(grant, release=True)
         return OplockLevel.NONE
+
+    @staticmethod
+    def _set_acked(grant: Grant) -> None:
+        event, grant.acked = grant.acked, None
+        if event is not None:
+            event.set()
 
     # -- teardown ------------------------------------------------------------------------------
 
@@ -377,10 +482,12 @@ class OplockManager:
         if grant.timer is not None:
             grant.timer.cancel()
             grant.timer = None
+        self._set_acked(grant)
         if self._grants.get(grant.fd) is grant:
             del self._grants[grant.fd]
-            if release:
+            if release and grant.lease is not None:
                 drop_lease(grant.fd)
+            self._changed(grant.op)
 
 
 def _lease_break_time() -> int | None:

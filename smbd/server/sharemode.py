@@ -77,6 +77,15 @@ def own_slots(access: int, share: int) -> list[int]:
             + [deny for _, flag, _, deny in _KINDS if not share & flag])
 
 
+def would_conflict(access: int, share: int, other_access: int, other_share: int) -> bool:
+    """The same check without the kernel: would a new open (access, share) meet a sharing
+    violation against an existing one? For deciding breaks before the open (smbd.server.caching)."""
+    data = READ_BITS | WRITE_BITS | DELETE_BITS
+    if not access & data or not other_access & data:
+        return False
+    return bool(set(conflicts(access, share)) & set(own_slots(other_access, other_share)))
+
+
 def acquire(fd: int, access: int, share: int) -> None:
     """Check the new open against all others on the same file and record it, or raise
     STATUS_SHARING_VIOLATION. Opens asking only for attributes take part in neither side

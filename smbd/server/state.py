@@ -154,6 +154,13 @@ class ServerState:
         self.store = open_volatile(config.runtime_dir)  # shared with the other workers
         self.global_sessions = GlobalSessionTable(self.store)
         self.messenger = None  # smbd.server.messaging.Messenger, in a worker of smbdd
+        # What of this worker's caching the store's ``caching`` table says (smbd.server.caching).
+        self.caching_published: dict[int, dict] = {}
+        self.oplocks.on_change = self.caching_changed
+
+    def caching_changed(self, file_key: int | None) -> None:
+        from . import caching
+        caching.publish(self, file_key)
 
     def new_session_id(self) -> int:
         while True:
@@ -174,6 +181,8 @@ class ServerState:
         self.opens[op.volatile_id] = op
         if op.file_key is not None:
             self._opens_by_file[op.file_key] = self._opens_by_file.get(op.file_key, 0) + 1
+            if op.file_key in self.caching_published:  # its opens are part of the record
+                self.caching_changed(op.file_key)
 
     def unregister_open(self, op: Open) -> None:
         self.opens.pop(op.volatile_id, None)
@@ -185,6 +194,8 @@ class ServerState:
                 self._opens_by_file.pop(key, None)
             else:
                 self._opens_by_file[key] = left
+            if key in self.caching_published:
+                self.caching_changed(key)
 
     def last_open_of(self, key: int | None) -> bool:
         """True once no other Open of the file is left in this worker (called after unregister)."""

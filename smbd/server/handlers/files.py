@@ -24,9 +24,9 @@ from smbd.wire.ea import EaListError, FullEa, parse_full_ea_list
 from smbd.wire.lease import BREAK_ACK_SIZE, LEASE_CONTEXT, LeaseBreakAck, LeaseRequest, break_structure_size
 from smbd.wire.oplock import OplockBreakAck, oplock_break_response
 
-from .. import durable, sharemode, streams
+from .. import caching, durable, sharemode, streams
 from ..objects import Open
-from ..leases import lease_manager
+from ..leases import is_stat_open, lease_manager
 from ..oplocks import BREAK_ACK_TIMEOUT
 
 if TYPE_CHECKING:
@@ -106,12 +106,17 @@ async def handle_create(req: "Request") -> bytes:
     if tree.is_ipc:
         from ..ipc import open_pipe
         return await open_pipe(req, create)
-    server = req.server
     dh2q = durable.v2_request(req, create)
     replayed = durable.replayed_open(req, dh2q)
     if replayed is not None and replayed.session is req.session and not replayed.disconnected:
         contexts, oplock = durable.replay_answer(req, replayed, create)
         return await _answer_existing(req, replayed, contexts, oplock, replayed.create_action)
+    with durable.creating(req, dh2q):
+        return await _create_new(req, create, dh2q)
+
+
+async def _create_new(req: "Request", create: CreateRequest, dh2q) -> bytes:
+    server, tree = req.server, req.tree
     lease_request = _lease_request(req, create)
     vfs = tree.vfs
     parsed = vfs.parse_stream_name(create.name)
@@ -216,12 +221,18 @@ async def _open_after_breaks(req: "Request", create: CreateRequest, parsed: "Str
     handles_broken = False
     leases = lease_manager(server)
     own_key = lease_request.key if lease_request else None
-    if leases.active and parsed.stream is None and create.disposition in (
-            Disposition.SUPERSEDE, Disposition.OVERWRITE, Disposition.OVERWRITE_IF):
-        # Cached writes of this worker's leases must reach the file before it is truncated.
+    truncating = create.disposition in (Disposition.SUPERSEDE, Disposition.OVERWRITE, Disposition.OVERWRITE_IF)
+    if parsed.stream is None and caching.may_be_cached(server):
         existing = await server.io(req.tree.vfs.lookup, parsed.components)
         if existing is not None and not existing.is_dir:
-            await leases.break_for_open(req, existing.file_id, create.disposition, own_key, access)
+            if truncating and leases.active:
+                # Cached writes of this worker's leases must reach the file before it is truncated.
+                await leases.break_for_open(req, existing.file_id, create.disposition, own_key, access)
+            # Oplocks here and caching in other workers: broken before the open, to the
+            # level Windows would keep (smbd.server.caching); a stat open breaks nothing.
+            await caching.prepare_open(req, existing.file_id, access=access, share=create.share_access,
+                                       truncating=truncating, stat=is_stat_open(access) and not truncating,
+                                       lease_key=own_key)
     while True:
         try:
             try:
@@ -231,10 +242,14 @@ async def _open_after_breaks(req: "Request", create: CreateRequest, parsed: "Str
         except _LeaseBreakPending:
             pass
         except sharemode.SharingViolation as e:
-            if handles_broken or not leases.has_leases(e.file_key):
+            elsewhere = caching.holders_elsewhere(server, e.file_key, "handle")
+            if handles_broken or not (leases.has_leases(e.file_key) or elsewhere):
                 raise
             handles_broken = True
-            if not await leases.break_handles(req, e.file_key, own_key):
+            broke = await leases.break_handles(req, e.file_key, own_key)
+            if elsewhere:
+                broke = await caching.break_handles_elsewhere(req, e.file_key) or broke
+            if not broke:
                 raise
             continue
         if req.cancelled.is_set():
@@ -564,10 +579,7 @@ async def handle_write(req: "Request") -> bytes:
     if length and offset + length > MAX_FILE_SIZE:
         raise SmbError(NtStatus.INVALID_PARAMETER, "write beyond MAXFILESIZE")
     req.server.byte_locks.check_io(op, offset, length, write=True)
-    req.server.oplocks.break_level_ii(op.file_key)
-    leases = getattr(req.server, "leases", None)
-    if leases is not None and leases.has_leases(op.file_key):
-        leases.break_on_write(op)
+    caching.data_changing(req.server, op)
     if wr.channel != fileio.Channel.NONE:
         rdma = req.conn.transport.rdma
         if rdma is None:

@@ -18,7 +18,7 @@ from smbd.wire.control import (InfoType, QueryDirectoryFlags, QueryDirectoryRequ
                                SetInfoRequest, output_response, set_info_response)
 from smbd.wire.create import Access
 
-from .. import sharemode, streams
+from .. import caching, sharemode, streams
 from ..objects import Open
 from .files import _check_charge
 
@@ -341,11 +341,13 @@ async def _set_file_info(req: "Request", op: Open, si: SetInfoRequest) -> None:
             _need(op, Access.FILE_WRITE_DATA)
             if op.is_dir:
                 raise SmbError(NtStatus.INVALID_PARAMETER)
+            caching.data_changing(server, op)
             await server.io(vfs.truncate, op.fd, value.end_of_file)
         elif cls == FileInfoClass.FileAllocationInformation:
             _need(op, Access.FILE_WRITE_DATA)
             if op.is_dir:
                 raise SmbError(NtStatus.INVALID_PARAMETER)
+            caching.data_changing(server, op)
             await server.io(vfs.allocate, op.fd, value.allocation_size)
         elif cls == FileInfoClass.FilePositionInformation:
             op.position = value.current_byte_offset
