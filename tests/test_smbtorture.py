@@ -22,7 +22,7 @@ pytestmark = pytest.mark.peer
 PASSING = Path(__file__).parent / "torture" / "smbdd_passing.txt"
 SUITES = ["smb2.connect", "smb2.read", "smb2.rw", "smb2.credits", "smb2.lock", "smb2.compound",
           "smb2.dir", "smb2.getinfo", "smb2.setinfo", "smb2.create", "smb2.session", "smb2.streams",
-          "smb2.notify"]
+          "smb2.notify", "smb2.oplock"]
 
 
 def expected(suite: str) -> set[str]:

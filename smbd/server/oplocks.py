@@ -216,6 +216,14 @@ class OplockManager:
         return [max(g.level, g.breaking_to or 0) for g in self._grants.values()
                 if g.op.file_key == file_key and not g.op.closed]
 
+    def run_on_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run ``callback`` now if called on the event loop thread (or before the loop
+        starts), else soon on the loop: the grants may only be read there."""
+        if self._loop is not None and threading.get_ident() != self._thread and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(callback, *args)
+        else:
+            callback(*args)
+
     def _changed(self, op: "Open") -> None:
         if self.on_change is not None:
             self.on_change(op.file_key)

@@ -159,8 +159,10 @@ class ServerState:
         self.oplocks.on_change = self.caching_changed
 
     def caching_changed(self, file_key: int | None) -> None:
+        """Republish this worker's caching of the file (smbd.server.caching); from any thread
+        (an Open is unregistered on an I/O thread), done on the loop."""
         from . import caching
-        caching.publish(self, file_key)
+        self.oplocks.run_on_loop(caching.publish, self, file_key)
 
     def new_session_id(self) -> int:
         while True:
