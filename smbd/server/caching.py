@@ -162,11 +162,12 @@ async def prepare_open(req: "Request", file_key: int, *, access: int, share: int
     await _wait_all(req, waits)
 
 
-async def break_handles_elsewhere(req: "Request", file_key: int) -> bool:
-    """A sharing violation: ask the workers holding H on the file to break it; True if any did."""
+async def break_handles_elsewhere(req: "Request", file_key: int, pids: list[int]) -> bool:
+    """A sharing violation: ask the workers ``pids`` (those holding H on the file, from
+    ``holders_elsewhere``) to break it; True if any did."""
     server = req.server
     tasks = [asyncio.ensure_future(_ask(server, pid, "caching_handles", {"file_key": file_key}))
-             for pid in holders_elsewhere(server, file_key, "handle")]
+             for pid in pids]
     if not tasks:
         return False
     await _wait_all(req, tasks)

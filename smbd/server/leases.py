@@ -181,17 +181,24 @@ class LeaseManager:
         the holder's cached writes reach the file before it is truncated."""
         if is_stat_open(access) or file_key is None or not self._by_file.get(file_key):
             return
-        keep = 0 if disposition in _TRUNCATING else R | H
+        await self._wait(req, self._break_for_open_of(file_key, disposition in _TRUNCATING,
+                                                      str(req.conn.client_guid), own_key))
+
+    def _break_for_open_of(self, file_key: int, truncating: bool, client_guid: str | None,
+                           own_key: bytes | None) -> list[asyncio.Event]:
+        """Break the file's leases but the opener's own (W goes, an overwrite takes all);
+        the acknowledgments the open waits for."""
+        keep = 0 if truncating else R | H
         waits = []
         for lease in self.leases_of(file_key):
-            if lease.key == own_key and lease.client_guid == req.conn.client_guid:
+            if lease.key == own_key and str(lease.client_guid) == client_guid:
                 continue
             dirty = bool(lease.state & W)
             ev = self.break_lease(lease, keep)
             if ev is not None and dirty:
                 # Only cached writes hold the open up; a break of R/H alone is answered later.
                 waits.append(ev)
-        await self._wait(req, waits)
+        return waits
 
     async def break_handles(self, req: "Request", file_key: int | None, own_key: bytes | None) -> bool:
         """A new open met a sharing violation: break H of the other leases on the file (the
@@ -230,16 +237,7 @@ class LeaseManager:
                     drop_lease(fd)
         if stat:
             return []  # attributes only: no caching conflicts with it (MS-FSA 2.1.5.1.2)
-        keep = 0 if truncating else R | H
-        waits = []
-        for lease in self.leases_of(file_key):
-            if lease.key == own_key and str(lease.client_guid) == client_guid:
-                continue
-            dirty = bool(lease.state & W)
-            ev = self.break_lease(lease, keep)
-            if ev is not None and dirty:
-                waits.append(ev)
-        return waits
+        return self._break_for_open_of(file_key, truncating, client_guid, own_key)
 
     async def break_for_namespace_change(self, req: "Request", op: "Open") -> None:
         """A rename or delete through ``op``: other keys' handle caching on the file goes

@@ -248,7 +248,7 @@ async def _open_after_breaks(req: "Request", create: CreateRequest, parsed: "Str
             handles_broken = True
             broke = await leases.break_handles(req, e.file_key, own_key)
             if elsewhere:
-                broke = await caching.break_handles_elsewhere(req, e.file_key) or broke
+                broke = await caching.break_handles_elsewhere(req, e.file_key, elsewhere) or broke
             if not broke:
                 raise
             continue
