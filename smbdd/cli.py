@@ -36,6 +36,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--spare-workers", type=int, default=1, metavar="N",
                    help="worker processes kept started ahead of new clients (default 1)")
     p.add_argument("--state-dir", help="where the lab default keeps its share and password")
+    p.add_argument("--smbtorture-fsctl", action="store_true",
+                   help="test only: answer smbtorture's FSCTL_SMBTORTURE_* codes, which simulate failures")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 

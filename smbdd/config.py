@@ -11,6 +11,7 @@ TOML layout::
     signing = "auto"             # auto | required
     devices = ["rxe0"]           # RDMA devices (SMB Direct); [] = find them
     users_file = "/etc/smbdd/users"
+    smbtorture_fsctl = false     # test only: Samba's FSCTL_SMBTORTURE_* (simulated failures)
 
     [users]
     alice = "secret"             # or "{NT}<32 hex digits>" for a stored NT hash
@@ -119,7 +120,7 @@ def load_toml(path: str) -> dict:
 
 _SHARE_KEYS = {"path", "read_only", "encrypt", "sign", "guest_ok", "comment"}
 _SERVER_KEYS = {"listen", "port", "encrypt", "signing", "devices", "users_file", "netbios_name",
-                "workgroup", "max_io_size", "rdma_port", "state_dir"}
+                "workgroup", "max_io_size", "rdma_port", "state_dir", "smbtorture_fsctl"}
 
 
 def _bool(value, where: str) -> bool:
@@ -224,9 +225,12 @@ def build(args) -> Settings:
     max_io = int(file_opts.get("max_io_size", 8 * 1024 * 1024))
     if not 65536 <= max_io <= 8 * 1024 * 1024:
         raise ConfigError("max_io_size must be between 64 KiB and 8 MiB")
+    torture_hooks = (getattr(args, "smbtorture_fsctl", False)
+                     or _bool(file_opts.get("smbtorture_fsctl", False), "smbtorture_fsctl"))
     server = ServerConfig(shares=tuple(shares), users=tuple(users), encrypt=policy,
                           signing_required=(signing == "required"),
                           netbios_name=str(file_opts.get("netbios_name", "SMBDD"))[:15].upper(),
-                          domain=str(file_opts.get("workgroup", "WORKGROUP")).upper(), max_io_size=max_io)
+                          domain=str(file_opts.get("workgroup", "WORKGROUP")).upper(), max_io_size=max_io,
+                          smbtorture_fsctl=torture_hooks)
     return Settings(server=server, listen=list(listen), port=port, devices=devices,
                     rdma_port=file_opts.get("rdma_port"), banner=banner, state_dir=state_dir)

@@ -498,6 +498,53 @@ def test_write_breaks_level_ii_to_none_unacknowledged(server):
     assert time.monotonic() - started < 1
 
 
+FSCTL_SMBTORTURE_FORCE_UNACKED_TIMEOUT = 0x83848003
+STATUS_INVALID_DEVICE_REQUEST = 0xC0000010
+
+
+def _force_unacked(client: c.RawClient, data: bytes = b"") -> c.Response:
+    """As smbtorture sends it (source4/torture/smb2/block.c): no session, no tree."""
+    return client.call(c.IOCTL, c.ioctl_body(b"\xff" * 16, FSCTL_SMBTORTURE_FORCE_UNACKED_TIMEOUT, data, max_output=0),
+                       session_id=0, tree_id=0)
+
+
+@pytest.fixture
+def torture_server(lease_dir):
+    srv = Smbdd(lease_dir, "--smbtorture-fsctl")
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.peer
+def test_smbtorture_fsctl_is_off_by_default(server):
+    a = _client(server)
+    assert _force_unacked(a).status == STATUS_INVALID_DEVICE_REQUEST
+    assert a.echo().status == STATUS_SUCCESS  # the connection goes on as before
+
+
+@pytest.mark.peer
+def test_channel_that_never_acknowledges_a_break_is_closed(torture_server):
+    """A break whose bytes the client's transport does not acknowledge within six
+    retransmission timeouts means a dead channel (MS-SMB2 3.3.4.6; Samba does the same):
+    the server closes it, A's open goes with it, and B's open, which waited for the break,
+    completes in seconds rather than after the 35 s acknowledgment timer. smbtorture's
+    FSCTL makes A's transport look dead although the bytes arrive."""
+    a, b = _client(torture_server), _client(torture_server)
+    assert _force_unacked(a, b"x").status == STATUS_INVALID_PARAMETER  # takes no input
+    fid_a, level = _open(a, "dead.txt", LEVEL_BATCH, access=c.READ_WRITE_ACCESS, disposition=c.FILE_OPEN_IF)
+    assert level == LEVEL_BATCH
+    assert _force_unacked(a).status == STATUS_SUCCESS
+    started = time.monotonic()
+    b.send_message(_create(b, "dead.txt", LEVEL_BATCH))
+    brk = _expect_break(a)
+    assert brk.body[8:24] == fid_a
+    assert a.is_closed(timeout=10)
+    b.sock.settimeout(15)
+    done = b.recv_final()
+    assert done.status == STATUS_SUCCESS
+    assert time.monotonic() - started < 10
+
+
 def test_unsolicited_break_is_encrypted_for_an_encrypting_session():
     """3.3.4.6: the notification (SessionId 0, unsigned) is encrypted with the session's
     key when the session requires encryption. Decrypted here independently, following the

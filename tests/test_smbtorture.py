@@ -15,7 +15,7 @@ import pytest
 from tests.peers.files import world_traversable_dir
 from tests.peers.fixtures import build_smbdd_server, find_smbdd_command
 from tests.peers.server_under_test import DEFAULT_PROFILE
-from tests.torture.runner import run_suite, smbtorture_available
+from tests.torture.runner import SMBDD_TORTURE_ARGS, run_suite, smbtorture_available
 from tests.torture.subunit_v1 import Outcome
 
 pytestmark = pytest.mark.peer
@@ -35,7 +35,8 @@ def server(tmp_path_factory):
     if not smbtorture_available():
         pytest.skip("smbtorture is not installed (apt: samba-testsuite)")
     command = find_smbdd_command()
-    srv = build_smbdd_server(command, DEFAULT_PROFILE, world_traversable_dir(tmp_path_factory.mktemp("torture")))
+    srv = build_smbdd_server(command, DEFAULT_PROFILE, world_traversable_dir(tmp_path_factory.mktemp("torture")),
+                             extra=SMBDD_TORTURE_ARGS)
     srv.start()
     yield srv
     srv.stop()

@@ -54,6 +54,9 @@ class ServerConfig:
     # The volatile state store every process of this smbdd opens (smbd.store), a folder on
     # tmpfs set by the supervisor; empty for an in-process server, which keeps it in memory.
     runtime_dir: str = ""
+    # Test-only, off by default: answer Samba's FSCTL_SMBTORTURE_* codes, with which
+    # smbtorture simulates failures (Samba's "smbd:FSCTL_SMBTORTURE").
+    smbtorture_fsctl: bool = False
 
     def share(self, name: str) -> ShareConfig | None:
         low = name.lower()

@@ -136,9 +136,14 @@ Handler = Callable[[Request], Awaitable[Body]]
 class SmbConnection:
     """3.3.1.7 Per Connection."""
 
+    _serials = itertools.count(1)
+
     def __init__(self, server: "ServerState", transport: Transport):
         self.server = server
         self.transport = transport
+        # Order of arrival: breaks try a client's channels in this order, as Samba's
+        # ChannelId (smbd.server.break_delivery).
+        self.serial = next(SmbConnection._serials)
         self.dialect = 0
         self.client_guid = None
         self.client_capabilities = 0
@@ -163,6 +168,8 @@ class SmbConnection:
         # Test-only: bytes of padding before READ response data, set by smbtorture's
         # FSCTL_SMBTORTURE_GLOBAL_READ_RESPONSE_BODY_PADDING8 (see wire.fileio).
         self.read_body_padding = 0
+        # Test-only: set by FSCTL_SMBTORTURE_FORCE_UNACKED_TIMEOUT (smbd.server.break_delivery).
+        self.force_unacked = False
 
     # ---- entry point from the transport ----------------------------------------------
 
@@ -312,7 +319,7 @@ class SmbConnection:
         if not related:
             if hdr.session_id:
                 req.session = self.server.sessions.get(hdr.session_id)
-            if req.session is None and cmd not in _NO_SESSION:
+            if req.session is None and cmd not in _NO_SESSION and not _is_connection_fsctl(req):
                 raise SmbError(NtStatus.USER_SESSION_DELETED)
         session = req.session
         if session is not None and cmd != Command.SESSION_SETUP:
@@ -327,7 +334,7 @@ class SmbConnection:
             self._check_signature(req, session)
             if session.encrypt_data and cmd not in (Command.NEGOTIATE,):
                 raise SmbError(NtStatus.ACCESS_DENIED, "session requires encryption")
-        if cmd in _NO_TREE:
+        if cmd in _NO_TREE or (session is None and _is_connection_fsctl(req)):
             return
         if not related:
             req.tree = session.trees.get(hdr.tree_id) if session else None
@@ -549,6 +556,16 @@ class _CompoundReply:
 
 _FILE_COMMANDS = {Command.CLOSE, Command.FLUSH, Command.READ, Command.WRITE, Command.LOCK, Command.IOCTL,
                   Command.QUERY_DIRECTORY, Command.CHANGE_NOTIFY, Command.QUERY_INFO, Command.SET_INFO}
+def _is_connection_fsctl(req: Request) -> bool:
+    """An IOCTL of a code that acts on the connection alone (handlers.ioctl.CONNECTION_FSCTLS)."""
+    from .handlers.ioctl import CONNECTION_FSCTLS
+
+    if req.header.command != Command.IOCTL or len(req.msg) < HEADER_SIZE + 8:
+        return False
+    # SMB2 IOCTL Request (2.2.31): StructureSize, Reserved, then CtlCode.
+    return int.from_bytes(req.msg[HEADER_SIZE + 4:HEADER_SIZE + 8], "little") in CONNECTION_FSCTLS
+
+
 def _is_error(status: int) -> bool:
     """An NTSTATUS of error severity (MS-ERREF 2.3) other than MORE_PROCESSING_REQUIRED."""
     return status >= 0xC0000000 and status != NtStatus.MORE_PROCESSING_REQUIRED

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -37,8 +38,8 @@ from smbd.wire.create import Disposition
 from smbd.wire.lease import (LeaseBreakAck, LeaseFlags, LeaseRequest, LeaseState, lease_break_notification,
                              lease_break_response, lease_response_context)
 
-from .oplocks import (BREAK_ACK_TIMEOUT, drop_lease, is_writable_fd, lease_state, own_connection, send_break,
-                       session_connection, take_lease)
+from .oplocks import (BREAK_ACK_TIMEOUT, break_channels, drop_lease, is_writable_fd, lease_state, send_break,
+                       take_lease)
 
 if TYPE_CHECKING:
     from .connection import Request
@@ -477,15 +478,12 @@ class LeaseManager:
                 self.on_disconnected(op)
 
     def _notify(self, lease: Lease, op: "Open", current: int, new: int, ack_required: bool) -> None:
-        conn = _channel_for(lease)
-        if conn is None:
-            log.info("lease %s: no connection to send a break on", lease.key.hex())
-            return
         message = lease_break_notification(lease.key, current, new,
                                            epoch=lease.epoch if lease.version == 2 else 0,
                                            ack_required=ack_required)
         log.debug("lease %s: break 0x%x -> 0x%x sent", lease.key.hex(), current, new)
-        send_break(asyncio.get_running_loop(), conn, op, message, "lease")
+        send_break(asyncio.get_running_loop(), functools.partial(_channels_for, self.server, lease), op,
+                   message, "lease")
 
     def _ack_timed_out(self, lease: Lease) -> None:
         """3.3.2.5 Lease Break Acknowledgment Timer: unacknowledged, the lease is gone (NONE)."""
@@ -575,16 +573,18 @@ class LeaseManager:
         self._changed(lease.file_key)
 
 
-def _channel_for(lease: Lease) -> Any:
-    """The connection to send a lease break on: one of its Opens' own, else any live channel
-    of their sessions. Opens kept for a durable reconnect have none."""
-    live = [op for op in lease.opens if not op.disconnected]
-    for find in (own_connection, session_connection):
-        for op in live:
-            conn = find(op)
-            if conn is not None:
-                return conn
-    return None
+def _channels_for(server: "ServerState", lease: Lease) -> list:
+    """Where a lease break may go (3.3.4.7: any connection of the client), in the order the
+    client's connections arrived, as Samba tries them; then, for a lease whose client has no
+    connection here any more, the channels of its live Opens' sessions. Opens kept for a
+    durable reconnect have none."""
+    guid = lease.client_guid
+    out = sorted((c for c in server.connections if guid is not None and c.client_guid == guid),
+                 key=lambda conn: conn.serial)
+    for op in lease.opens:
+        if not op.disconnected:
+            out += [c for c in break_channels(op) if all(c is not o for o in out)]
+    return out
 
 
 __all__ = ["Lease", "LeaseManager", "LeaseRequest", "LeaseBreakAck", "lease_manager", "grantable"]

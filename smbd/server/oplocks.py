@@ -420,12 +420,9 @@ class OplockManager:
             self._end(grant, release=True)
 
     def _notify(self, op: "Open", level: int) -> None:
-        conn = _channel_for(op)
-        if conn is None:
-            log.info("%s: no connection to send an oplock break on", op.display_name)
-            return
         log.debug("%s: oplock break to 0x%02x sent", op.display_name, level)
-        send_break(self._loop, conn, op, oplock_break_notification(level, op.file_id), "oplock")
+        send_break(self._loop, functools.partial(break_channels, op), op,
+                   oplock_break_notification(level, op.file_id), "oplock")
 
     def _ack_timed_out(self, grant: Grant) -> None:
         """3.3.2.1: no acknowledgment in time: the oplock is broken to none regardless."""
@@ -511,35 +508,29 @@ def _has_data_access(access: int) -> bool:
     return bool(access & (0x1 | 0x2 | 0x4 | 0x20))
 
 
-def own_connection(op: "Open") -> Any:
-    """The connection the Open was made on, if it is still up."""
-    conn = op.connection
-    return conn if conn is not None and not conn.closed else None
+def break_channels(op: "Open") -> list:
+    """Where an oplock break for ``op`` may go (3.3.4.6): the connection the Open was made
+    on, then the other channels of its session in the order they connected. Closed ones
+    are skipped by the sender. (A lease break tries the client's connections in order
+    instead: smbd.server.leases; smbtorture smb2.multichannel checks both.)"""
+    others = sorted((c.connection for c in op.session.channels.values() if c.connection is not op.connection),
+                    key=lambda conn: conn.serial)
+    return ([op.connection] if op.connection is not None else []) + others
 
 
-def session_connection(op: "Open") -> Any:
-    """Any live channel of the Open's session (3.3.4.6/3.3.4.7: a break may go on any)."""
-    for channel in op.session.channels.values():
-        if not channel.connection.closed:
-            return channel.connection
-    return None
+def send_break(loop: asyncio.AbstractEventLoop, channels: Callable[[], list], op: "Open", message: bytes,
+               what: str) -> None:
+    """Send an oplock or lease break notification in the background on the first of
+    ``channels()`` whose transport acknowledges it (smbd.server.break_delivery), encrypted
+    when the Open's session or tree requires it; a failure is logged, not raised."""
+    from .break_delivery import deliver
 
-
-def _channel_for(op: "Open") -> Any:
-    """The connection to send a break on: the Open's own, else any live channel of its session."""
-    conn = own_connection(op)
-    return conn if conn is not None else session_connection(op)
-
-
-def send_break(loop: asyncio.AbstractEventLoop, conn: Any, op: "Open", message: bytes, what: str) -> None:
-    """Send an oplock or lease break notification on ``conn`` in the background, encrypted
-    when the Open's session or tree requires it; a failed send is logged, not raised."""
     session = op.session
     encrypt = bool(session.encrypt_data or (op.tree is not None and op.tree.encrypt))
-    task = loop.create_task(conn.send_unsolicited(message, session, encrypt))
+    task = loop.create_task(deliver(channels, message, session, encrypt, what))
     task.add_done_callback(functools.partial(_log_send_failure, what))
 
 
 def _log_send_failure(what: str, task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.info("%s break notification not sent: %s", what, task.exception())
+        log.error("%s break notification failed", what, exc_info=task.exception())

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import socket
+import struct
+import termios
 from typing import Callable
 
 from smbd.core.framing import FrameBuffer, frame
@@ -13,6 +16,8 @@ log = logging.getLogger("smbd.tcp")
 
 MAX_IN_FLIGHT = 64  # messages being processed before we stop reading (back-pressure)
 _JOIN_BELOW = 64 * 1024  # response parts smaller than this are joined before writing
+_OUTQ = struct.Struct("i")  # SIOCOUTQ (= TIOCOUTQ): bytes the peer has not acknowledged yet
+_TCPI_RTO = struct.Struct("@8xI")  # struct tcp_info (linux/tcp.h): tcpi_rto in microseconds
 
 
 class TcpTransport(asyncio.BufferedProtocol):
@@ -33,10 +38,13 @@ class TcpTransport(asyncio.BufferedProtocol):
         self._can_write = asyncio.Event()
         self._can_write.set()
         self._closed = False
+        self._sock: socket.socket | None = None
+        self.written = 0  # bytes handed to the socket, frame headers included (break_delivery)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
+        self._sock = sock
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -75,6 +83,7 @@ class TcpTransport(asyncio.BufferedProtocol):
         if self._closed or self._transport is None:
             raise ConnectionResetError("connection closed")
         size = sum(len(p) for p in parts)
+        self.written += 4 + size
         # writelines() joins everything into one new bytes object (Python 3.11): a copy of
         # every READ's data. Small parts are joined (one segment), a large one is written
         # as it is, so the kernel takes it straight from the buffer the disk filled.
@@ -89,6 +98,30 @@ class TcpTransport(asyncio.BufferedProtocol):
         if small:
             self._transport.write(b"".join(small))
         await self._can_write.wait()
+
+    def delivered(self) -> int | None:
+        """Bytes of ``written`` the peer's TCP has acknowledged: what is neither in asyncio's
+        buffer nor in the kernel's send queue. None where the kernel will not tell; 0 once
+        closed, since what was still queued then will never arrive."""
+        if self._closed:
+            return 0
+        if self._sock is None or self._transport is None:
+            return None
+        try:
+            queued = _OUTQ.unpack(fcntl.ioctl(self._sock.fileno(), termios.TIOCOUTQ, bytes(_OUTQ.size)))[0]
+        except OSError:
+            return None
+        return self.written - self._transport.get_write_buffer_size() - queued
+
+    def retransmit_timeout(self) -> float | None:
+        """The connection's current TCP retransmission timeout in seconds (TCP_INFO)."""
+        if self._sock is None or self._closed:
+            return None
+        try:
+            info = self._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCPI_RTO.size)
+        except OSError:
+            return None
+        return _TCPI_RTO.unpack_from(info)[0] / 1e6 if len(info) >= _TCPI_RTO.size else None
 
     def pause_reading(self) -> None:
         if self._transport is not None and not self._closed:

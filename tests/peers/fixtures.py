@@ -87,14 +87,14 @@ def find_smbdd_command() -> list[str] | None:
 
 
 def build_smbdd_server(command: list[str], profile: SecurityProfile,
-                       workdir: Path) -> CommandServer:
+                       workdir: Path, extra: tuple[str, ...] = ()) -> CommandServer:
     """A :class:`CommandServer` running smbdd with the agreed command line."""
     host = "127.0.0.1"
     port = free_tcp_port(host)
     share_path = world_traversable_dir(workdir / "share")
     argv = smbdd_argv(share_name="share", share_path=share_path, user=DEFAULT_USER,
                       password=DEFAULT_PASSWORD, host=host, port=port, profile=profile,
-                      executable=command[0])
+                      executable=command[0], extra=extra)
     argv[1:1] = command[1:]  # e.g. SMBDD_COMMAND="python -m smbdd.cli"
     return CommandServer(argv, log_path=workdir / "smbdd.log", host=host, port=port,
                          share_name="share", share_path=share_path, user=DEFAULT_USER,

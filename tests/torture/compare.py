@@ -28,7 +28,7 @@ from tests.peers.samba_server import (TORTURE_GLOBAL_OPTIONS, TORTURE_SHARE_OPTI
 from tests.peers.server_under_test import DEFAULT_PROFILE, CommandServer
 
 from .subunit_v1 import Outcome
-from .runner import SuiteRun, run_suite, smbtorture_available
+from .runner import SMBDD_TORTURE_ARGS, SuiteRun, run_suite, smbtorture_available
 
 DEFAULT_SUITES = ("smb2.connect,smb2.read,smb2.rw,smb2.dir,smb2.getinfo,smb2.setinfo,"
                   "smb2.create,smb2.lock,smb2.compound,smb2.credits,smb2.session,"
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         smbdd_runs = None
         if smbdd_command:
             server = build_smbdd_server(smbdd_command, DEFAULT_PROFILE,
-                                        world_traversable_dir(base / "smbdd"))
+                                        world_traversable_dir(base / "smbdd"), extra=SMBDD_TORTURE_ARGS)
             smbdd_runs = run_against("smbdd", server, suites, args.timeout, base / "output")
     finally:
         if not args.keep:

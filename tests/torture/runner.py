@@ -23,6 +23,10 @@ TIMEOUT_EXIT = 124           # coreutils timeout: the command timed out
 CRASH_EXITS = {134, 139, -6, -11}  # SIGABRT / SIGSEGV, via `timeout` (128+n) or direct
 KILL_GRACE = 10              # seconds between timeout's SIGTERM and SIGKILL
 
+# smbdd's twin of the Samba reference's "smbd:FSCTL_SMBTORTURE = yes" (samba_server.py):
+# the test-only FSCTLs with which smbtorture simulates a dead channel.
+SMBDD_TORTURE_ARGS = ("--smbtorture-fsctl",)
+
 TORTURE_OPTIONS = (
     "--target=samba3",
     "--option=torture:sharedelay=100000",

@@ -64,11 +64,17 @@ class Fsctl(enum.IntEnum):
     SET_SPARSE = 0x000900C4
     QUERY_ALLOCATED_RANGES = 0x000940CF
     SET_ZERO_DATA = 0x000980C8
+    # Samba's test-only codes (libcli/smb/smb_constants.h), for smbtorture's multichannel and
+    # replay tests; answered only with the smbtorture_fsctl option.
+    SMBTORTURE_FORCE_UNACKED_TIMEOUT = 0x83848003
 
 
 # 3.3.5.15: these take no open; FileId must be all ones.
 _NO_FILE_FSCTLS = {Fsctl.DFS_GET_REFERRALS, Fsctl.DFS_GET_REFERRALS_EX, Fsctl.QUERY_NETWORK_INTERFACE_INFO,
-                   Fsctl.VALIDATE_NEGOTIATE_INFO, Fsctl.PIPE_WAIT}
+                   Fsctl.VALIDATE_NEGOTIATE_INFO, Fsctl.PIPE_WAIT, Fsctl.SMBTORTURE_FORCE_UNACKED_TIMEOUT}
+# These change only the connection they arrive on and need no session or tree (Samba runs
+# them before its session checks); smbd.server.connection asks here.
+CONNECTION_FSCTLS = {Fsctl.SMBTORTURE_FORCE_UNACKED_TIMEOUT}
 
 # ---- wire structures -----------------------------------------------------------------------
 
@@ -674,7 +680,21 @@ def zero_range(fd: int, start: int, beyond: int) -> None:
             pos += os.pwrite(fd, zeros[:end - pos], pos)
 
 
+async def _force_unacked_timeout(req: "Request", io: IoctlRequest, _op) -> bytes:
+    """Test-only: from now on nothing this connection sends counts as acknowledged by the
+    client's transport, so the next break on it fails over to another channel
+    (smbd.server.break_delivery), as if the channel had died."""
+    if not req.server.config.smbtorture_fsctl:
+        raise SmbError(NtStatus.INVALID_DEVICE_REQUEST, "smbtorture FSCTLs are off (smbtorture_fsctl)")
+    if io.input:
+        raise SmbError(NtStatus.INVALID_PARAMETER, "FORCE_UNACKED_TIMEOUT takes no input")
+    log.info("%s: smbtorture: this channel's transport no longer acknowledges anything", req.conn.transport.peer)
+    req.conn.force_unacked = True
+    return b""
+
+
 _HANDLERS: dict[int, FsctlHandler] = {
+    Fsctl.SMBTORTURE_FORCE_UNACKED_TIMEOUT: _force_unacked_timeout,
     Fsctl.VALIDATE_NEGOTIATE_INFO: _validate_negotiate,
     Fsctl.QUERY_NETWORK_INTERFACE_INFO: _query_network_interfaces,
     Fsctl.DFS_GET_REFERRALS: _dfs_referrals,
