@@ -25,7 +25,8 @@ import pytest
 
 from tests.smb2client import (CLOSE, CREATE, FILE_OPEN_IF, HEADER_SIZE, LOGOFF, NEGOTIATE, QUERY_INFO,
                               READ_WRITE_ACCESS, SESSION_SETUP, STATUS_MORE_PROCESSING_REQUIRED,
-                              STATUS_SUCCESS, TREE_CONNECT, RawClient, close_body, create_body, echo_body,
+                              STATUS_SUCCESS, TREE_CONNECT, RawClient, close_body, create_body, create_context,
+                              echo_body,
                               negotiate_body, negotiate_context, preauth_context, query_info_body,
                               tree_connect_body)
 from tests.smbdd_process import PASSWORD, USER, Smbdd
@@ -376,3 +377,63 @@ def test_global_session_table_between_workers(tmp_path):
     assert other(0x77) == "none"
     mine.withdraw(0x1234)
     assert other(0x1234) == "none"
+
+
+# ---- a request whose channel fails while it waits ------------------------------------------------
+
+FLAG_REPLAY_OPERATION = 0x20000000
+STATUS_PENDING = 0x00000103
+STATUS_FILE_NOT_AVAILABLE = 0xC0000467
+STATUS_DUPLICATE_OBJECTID = 0xC000022A
+OPLOCK_BREAK, LEVEL_II, LEVEL_BATCH = 0x12, 0x01, 0x09
+
+
+def _dh2q_create(name: str, create_guid: uuid.UUID) -> bytes:
+    """A CREATE with SMB2_CREATE_DURABLE_HANDLE_REQUEST_V2 (2.2.13.2.11): Timeout, Flags,
+    Reserved, CreateGuid; no oplock asked, so the Open will not be durable."""
+    dh2q = create_context(b"DH2Q", struct.pack("<II8s16s", 0, 0, b"", create_guid.bytes_le))
+    return create_body(name, contexts=dh2q)
+
+
+def test_create_waiting_for_a_break_outlives_its_channel(server):
+    """As smbtorture smb2.replay.dhv2-pending2n: a CREATE waits for another client's break
+    when its channel dies. The session lives on in a second channel, so the CREATE goes on
+    (3.3.5.9.10): a replay of it there meanwhile gets FILE_NOT_AVAILABLE, and once the
+    break is acknowledged the Open exists with its CreateGuid, so a fresh CREATE with that
+    CreateGuid is DUPLICATE_OBJECTID and a replay gets the Open back."""
+    holder = RawClient("127.0.0.1", server.port, timeout=15).login(USER, PASSWORD, "data")
+    body = bytearray(create_body("pending.txt", access=READ_WRITE_ACCESS, disposition=FILE_OPEN_IF))
+    body[3] = LEVEL_BATCH  # RequestedOplockLevel (2.2.13)
+    held = holder.call(CREATE, bytes(body))
+    assert held.status == STATUS_SUCCESS and held.body[2] == LEVEL_BATCH
+
+    guid, create_guid = uuid.uuid4(), uuid.uuid4()
+    with _client(server, guid) as c1, _client(server, guid) as c2:
+        c1.connect().login(share="data")
+        c2.connect()
+        r, key, preauth = _bind(c1, c2)
+        assert r.status == STATUS_SUCCESS
+        c2.session_id, c2.tree_id, c2.key = c1.session_id, c1.tree_id, signing_key(c2.dialect, key, preauth)
+
+        c1.send_signed(CREATE, _dh2q_create("pending.txt", create_guid))
+        holder.sock.settimeout(10)
+        brk = holder.recv()
+        assert brk.command == OPLOCK_BREAK and brk.body[2] == LEVEL_II
+        interim = c1.recv()
+        assert interim.status == STATUS_PENDING
+        c1.close()  # the channel dies with the CREATE waiting
+
+        replay = c2.call_signed(CREATE, _dh2q_create("pending.txt", create_guid), flags=FLAG_REPLAY_OPERATION)
+        assert replay.status == STATUS_FILE_NOT_AVAILABLE  # still in progress
+
+        ack = holder.call(OPLOCK_BREAK, struct.pack("<HBBI", 24, LEVEL_II, 0, 0) + held.file_id)
+        assert ack.status == STATUS_SUCCESS
+        for _ in range(50):  # the CREATE finishes in the background, its answer lost
+            fresh = c2.call_signed(CREATE, _dh2q_create("pending.txt", create_guid))
+            if fresh.status != STATUS_FILE_NOT_AVAILABLE:
+                break
+        assert fresh.status == STATUS_DUPLICATE_OBJECTID  # the first CREATE made its Open
+        replay = c2.call_signed(CREATE, _dh2q_create("pending.txt", create_guid), flags=FLAG_REPLAY_OPERATION)
+        assert replay.status == STATUS_SUCCESS
+        assert c2.call_signed(QUERY_INFO, query_info_body(replay.file_id)).status == STATUS_SUCCESS
+    holder.close()

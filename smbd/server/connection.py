@@ -163,6 +163,7 @@ class SmbConnection:
         self.async_requests: dict[int, Request] = {}
         self.sync_requests: dict[int, Request] = {}  # by MessageId, for CANCEL
         self.tasks: set[asyncio.Task] = set()
+        self.task_requests: dict[asyncio.Task, list[Request]] = {}
         self.closed = False
         self.send_lock = asyncio.Lock()
         # Test-only: bytes of padding before READ response data, set by smbtorture's
@@ -210,15 +211,17 @@ class SmbConnection:
         if requests:
             for r in requests:
                 self.sync_requests[r.header.message_id] = r
-            self._spawn(self._process(requests, encrypted_session))
+            self._spawn(self._process(requests, encrypted_session), requests)
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro, requests: list[Request] = ()) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
+        self.task_requests[task] = requests
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)
+        self.task_requests.pop(task, None)
         if task.cancelled():
             return
         exc = task.exception()
@@ -535,11 +538,28 @@ class SmbConnection:
             return
         self.closed = True
         for task in list(self.tasks):
-            task.cancel()
+            session = self._surviving_session(task)
+            if session is None:
+                task.cancel()
+                continue
+            # The session goes on in another channel: what this request does (a CREATE
+            # waiting for a break, say) still happens, only its answer is lost, and a
+            # replay on another channel finds it in progress or done (3.3.5.9,
+            # smbtorture smb2.replay.dhv2-pending*). It ends with the session if sooner.
+            session.orphaned.add(task)
+            task.add_done_callback(session.orphaned.discard)
         from .durable import preserve_on_disconnect
         preserve_on_disconnect(self.server, self)  # 3.3.7.1: durable Opens outlive the channel
         self.server.connection_lost(self)
         self.transport.close()
+
+
+    def _surviving_session(self, task: asyncio.Task) -> Session | None:
+        for req in self.task_requests.get(task, ()):
+            s = req.session
+            if s is not None and s.state == SessionState.VALID and s.other_live_channel(self):
+                return s
+        return None
 
 
 @dataclass(eq=False)

@@ -120,9 +120,13 @@ class DurableTable:
         if not self._kept and self.on_empty is not None:
             self.on_empty()
 
-    def find_by_create_guid(self, client_guid: Any, create_guid: uuid.UUID) -> "Open | None":
+    def find_replayable(self, client_guid: Any, create_guid: uuid.UUID) -> "Open | None":
+        """The Open a replay of this CreateGuid would get back: one whose replay cache is
+        still there. Several Opens may carry the CreateGuid (a replay after the first was
+        used makes a new Open, smbtorture smb2.replay.replay6); only the newest has it."""
         for op in list(self._kept.values()) + list(self.server.opens.values()):
-            if op.create_guid == create_guid and op.client_guid == client_guid and not op.closed:
+            if (op.create_guid == create_guid and op.client_guid == client_guid and op.replay_cached
+                    and not op.closed):
                 return op
         return None
 
@@ -214,8 +218,8 @@ def replayed_open(req: "Request", dh2q: DurableV2Request | None) -> "Open | None
     if dh2q is None:
         return None
     table = durable_table(req.server)
-    op = table.find_by_create_guid(req.conn.client_guid, dh2q.create_guid)
-    if op is None or not op.replay_cached:
+    op = table.find_replayable(req.conn.client_guid, dh2q.create_guid)
+    if op is None:
         return None
     if not req.header.flags & Flags.REPLAY_OPERATION:
         raise SmbError(NtStatus.DUPLICATE_OBJECTID, "CreateGuid in use")
@@ -249,18 +253,21 @@ def grant(req: "Request", op: "Open", create: CreateRequest, dh2q: DurableV2Requ
         return []
     if req.conn.dialect < 0x0300:
         dh2q = None
+    op.client_guid = req.conn.client_guid
+    if dh2q is not None:
+        # Replays find the Open by its CreateGuid whether or not it became durable
+        # (3.3.5.9.10; smbtorture smb2.replay.dhv2-pending1n: no oplock, same handle back).
+        op.create_guid = dh2q.create_guid
+        op.replay_cached = True
     has_handle = op.lease is not None and bool(op.lease.state & LeaseState.HANDLE)
     if not (has_handle or oplock == OplockLevel.BATCH):
         return []
-    op.client_guid = req.conn.client_guid
     op.owner = (req.session.domain.upper(), req.session.user.lower())
     if dh2q is not None:
         timeout = dh2q.timeout_ms or V2_DEFAULT_TIMEOUT_MS
         timeout = min(timeout, V2_MAX_TIMEOUT_MS)
         op.durable, op.durable_v2 = True, True
         op.durable_timeout = timeout / 1000.0
-        op.create_guid = dh2q.create_guid
-        op.replay_cached = True
         # Persistent handles (SMB2_DHANDLE_FLAG_PERSISTENT) are not granted: we do not
         # advertise SMB2_GLOBAL_CAP_PERSISTENT_HANDLES.
         return [(DH2Q, dh2q_response(timeout, 0))]
@@ -302,7 +309,7 @@ def replay_answer(req: "Request", op: "Open", create: CreateRequest) -> tuple[li
         out = []
         level = req.server.oplocks.level(op) if create.oplock_level != OplockLevel.NONE else OplockLevel.NONE
         durable = level == OplockLevel.BATCH
-    if durable:
+    if durable and op.durable:
         out.append((DH2Q, dh2q_response(int(op.durable_timeout * 1000), 0)))
     return out, level
 

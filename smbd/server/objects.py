@@ -69,9 +69,15 @@ class Session:
     channels: dict[int, Channel] = field(default_factory=dict)  # id(connection) -> Channel
     client_guid: uuid.UUID | None = None
     next_tree_id: Any = field(default_factory=lambda: itertools.count(1))
+    # Requests whose channel failed while they ran, left to finish because the session
+    # lives on in other channels (smbd.server.connection.SmbConnection.close).
+    orphaned: set = field(default_factory=set)
 
     def channel_for(self, connection: Any) -> Channel | None:
         return self.channels.get(id(connection))
+
+    def other_live_channel(self, connection: Any) -> bool:
+        return any(id(c.connection) != id(connection) and not c.connection.closed for c in self.channels.values())
 
 
 @dataclass(eq=False)

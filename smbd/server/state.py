@@ -286,6 +286,8 @@ class ServerState:
 
         self.sessions.pop(session.session_id, None)
         self.global_sessions.withdraw(session.session_id)
+        for task in list(session.orphaned):  # requests of channels that failed earlier
+            task.cancel()
         for op in [o for o in self.opens.values() if o.session is session]:
             close_open(self, op)
         session.trees.clear()
