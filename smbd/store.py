@@ -35,7 +35,7 @@ Record = dict
 Update = Callable[[Record | None], Record | None]
 
 VOLATILE_TABLES = ("sessions", "opens", "caching")
-PERSISTENT_TABLES = ("server",)
+PERSISTENT_TABLES = ("server", "persistent_opens")  # smbd.server.persistent
 
 
 class StateStore:

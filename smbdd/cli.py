@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = build(args)
         settings.server = replace(settings.server, server_guid=stable_server_guid(settings.state_dir),
-                                  runtime_dir=str(make_runtime_dir()))
+                                  runtime_dir=str(make_runtime_dir()), state_dir=str(settings.state_dir))
     except (ConfigError, StateError) as e:
         print(f"smbdd: {e}", file=sys.stderr)
         sys.exit(2)

@@ -22,6 +22,7 @@ TOML layout::
     encrypt = false              # this share requires encryption
     sign = false                 # this share requires signing
     guest_ok = false
+    continuous_availability = false  # persistent handles: opens survive a crash and a restart
     comment = "team data"
 """
 from __future__ import annotations
@@ -118,7 +119,7 @@ def load_toml(path: str) -> dict:
         raise ConfigError(f"config file {path}: {e}") from e
 
 
-_SHARE_KEYS = {"path", "read_only", "encrypt", "sign", "guest_ok", "comment"}
+_SHARE_KEYS = {"path", "read_only", "encrypt", "sign", "guest_ok", "comment", "continuous_availability"}
 _SERVER_KEYS = {"listen", "port", "encrypt", "signing", "devices", "users_file", "netbios_name",
                 "workgroup", "max_io_size", "rdma_port", "state_dir", "smbtorture_fsctl"}
 
@@ -151,7 +152,7 @@ def from_toml(data: dict, where: str) -> dict:
         if bad:
             raise ConfigError(f"{where}: [shares.{name}] unknown key(s) {', '.join(sorted(bad))}")
         flags = {k: _bool(opts[k], f"{where}: [shares.{name}] {k}")
-                 for k in ("read_only", "encrypt", "sign", "guest_ok") if k in opts}
+                 for k in ("read_only", "encrypt", "sign", "guest_ok", "continuous_availability") if k in opts}
         out["shares"].append(ShareConfig(name=name, path=str(opts["path"]), comment=str(opts.get("comment", "")),
                                          **flags))
     return out

@@ -12,14 +12,18 @@ import shutil
 import signal
 import socket
 import sys
+import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from smbd.control import recv_record, send_record
 from smbd.server.config import ServerConfig
-from smbd.store import open_volatile
+from smbd.server import persistent
+from smbd.store import open_persistent, open_volatile
 
 log = logging.getLogger("smbdd.supervisor")
+PERSISTENT_SWEEP = 10.0  # seconds between deletions of expired persistent handles
 
 
 @dataclass(eq=False)
@@ -53,9 +57,34 @@ class Supervisor:
         self.stopping = False
         self.crashes = 0
         self.store = open_volatile(config.runtime_dir)  # smbd.store, shared with the workers
+        # Persistent handles (smbd.server.persistent) live on disk across runs.
+        self.persistent_store = (open_persistent(Path(config.state_dir) / "store")
+                                 if config.state_dir else None)
+        self._expiry: asyncio.Task | None = None
 
     async def start(self) -> None:
+        if self.persistent_store is not None:
+            # No worker of an earlier run is alive: what it held waits for its reconnect
+            # from now on, for its timeout.
+            now = time.time()
+            waiting = persistent.orphan(self.persistent_store, None, now)
+            gone = persistent.expire(self.persistent_store, now)
+            if waiting or gone:
+                log.info("persistent handles of an earlier run: %d wait for their clients, %d expired",
+                         waiting, gone)
+            self._expiry = asyncio.get_running_loop().create_task(self._expire_persistent())
         await self._refill()
+
+    async def _expire_persistent(self) -> None:
+        while not self.stopping:
+            await asyncio.sleep(PERSISTENT_SWEEP)
+            try:
+                gone = persistent.expire(self.persistent_store, time.time())
+            except Exception as e:
+                log.warning("cannot expire persistent handles: %s", e)
+                continue
+            if gone:
+                log.info("%d persistent handle(s) expired without a reconnect", gone)
 
     async def _refill(self) -> None:
         if self._refilling:
@@ -185,6 +214,11 @@ class Supervisor:
                 self.store.delete_where(table, lambda r: r.get("pid") == pid)
             except Exception as e:
                 log.warning("cannot remove worker %d's %s records: %s", pid, table, e)
+        if self.persistent_store is not None:
+            try:  # its persistent handles now wait for a reconnect, for their timeout
+                persistent.orphan(self.persistent_store, pid, time.time())
+            except Exception as e:
+                log.warning("cannot keep worker %d's persistent handles: %s", pid, e)
 
     async def hand_over(self, key: uuid.UUID | None, record: dict, fd: int) -> None:
         """Give a connection (TCP socket or proxy channel) to the worker that owns the client."""
@@ -220,6 +254,10 @@ class Supervisor:
             if pending:
                 await asyncio.wait(pending, timeout=5)
         # The volatile store dies with the workers; nothing of this run is left in /dev/shm.
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self.persistent_store is not None:
+            self.persistent_store.close()
         self.store.close()
         if self.config.runtime_dir:
             shutil.rmtree(self.config.runtime_dir, ignore_errors=True)

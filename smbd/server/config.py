@@ -30,6 +30,8 @@ class ShareConfig:
     sign: bool = False  # signing required on this share
     guest_ok: bool = False
     comment: str = ""
+    # SMB2_SHARE_CAP_CONTINUOUS_AVAILABILITY: persistent handles (smbd.server.persistent)
+    continuous_availability: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,16 @@ class ServerConfig:
     # The volatile state store every process of this smbdd opens (smbd.store), a folder on
     # tmpfs set by the supervisor; empty for an in-process server, which keeps it in memory.
     runtime_dir: str = ""
+    # The persistent store's folder (smbd.store.open_persistent): persistent handles live
+    # there across worker crashes and restarts; empty keeps them in memory (tests).
+    state_dir: str = ""
     # Test-only, off by default: answer Samba's FSCTL_SMBTORTURE_* codes, with which
     # smbtorture simulates failures (Samba's "smbd:FSCTL_SMBTORTURE").
     smbtorture_fsctl: bool = False
+
+    @property
+    def continuous_availability(self) -> bool:
+        return any(s.continuous_availability for s in self.shares)
 
     def share(self, name: str) -> ShareConfig | None:
         low = name.lower()

@@ -32,6 +32,7 @@ from smbd.wire.durable import (DH2C, DH2Q, DHANDLE_FLAG_PERSISTENT, DHNC, DHNQ, 
 from smbd.wire.header import Flags
 from smbd.wire.lease import LEASE_CONTEXT, LeaseRequest, LeaseState
 
+from . import persistent
 from .leases import lease_manager
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ def global_record(op: "Open") -> dict:
             "components": list(op.components), "stream": op.stream,
             "lease_key": op.lease.key.hex() if op.lease is not None else None,
             "client_guid": str(op.client_guid) if op.client_guid is not None else None,
-            "expires": time.time() + op.durable_timeout}
+            "persistent": op.persistent, "expires": time.time() + op.durable_timeout}
 
 
 def durable_table(server: "ServerState") -> DurableTable:
@@ -177,8 +178,9 @@ def preserve_session(server: "ServerState", session) -> None:
 
 
 def _still_durable(server: "ServerState", op: "Open") -> bool:
-    """3.3.7.1: kept only with a batch oplock or a lease with handle caching (or v2 with
-    neither granted persistence, which we never grant)."""
+    """3.3.7.1: kept only with a batch oplock or a lease with handle caching, or persistent."""
+    if op.persistent:
+        return True
     if op.lease is not None:
         return bool(op.lease.state & LeaseState.HANDLE) or bool(
             op.lease.breaking and op.lease.breaking_to & LeaseState.HANDLE)
@@ -259,17 +261,22 @@ def grant(req: "Request", op: "Open", create: CreateRequest, dh2q: DurableV2Requ
         # (3.3.5.9.10; smbtorture smb2.replay.dhv2-pending1n: no oplock, same handle back).
         op.create_guid = dh2q.create_guid
         op.replay_cached = True
+    op.owner = (req.session.domain.upper(), req.session.user.lower())
+    if dh2q is not None and dh2q.flags & DHANDLE_FLAG_PERSISTENT and persistent.offered(req):
+        # 3.3.5.9.10: persistent whatever the oplock or lease; on disk before the answer.
+        timeout = min(dh2q.timeout_ms or V2_DEFAULT_TIMEOUT_MS, V2_MAX_TIMEOUT_MS)
+        op.durable = op.durable_v2 = op.persistent = True
+        op.durable_timeout = timeout / 1000.0
+        persistent.save(req.server, op)
+        return [(DH2Q, dh2q_response(timeout, DHANDLE_FLAG_PERSISTENT))]
     has_handle = op.lease is not None and bool(op.lease.state & LeaseState.HANDLE)
     if not (has_handle or oplock == OplockLevel.BATCH):
         return []
-    op.owner = (req.session.domain.upper(), req.session.user.lower())
     if dh2q is not None:
         timeout = dh2q.timeout_ms or V2_DEFAULT_TIMEOUT_MS
         timeout = min(timeout, V2_MAX_TIMEOUT_MS)
         op.durable, op.durable_v2 = True, True
         op.durable_timeout = timeout / 1000.0
-        # Persistent handles (SMB2_DHANDLE_FLAG_PERSISTENT) are not granted: we do not
-        # advertise SMB2_GLOBAL_CAP_PERSISTENT_HANDLES.
         return [(DH2Q, dh2q_response(timeout, 0))]
     if DHNQ in create.contexts:
         op.durable = True
@@ -331,8 +338,8 @@ async def reconnect(req: "Request", create: CreateRequest) -> tuple["Open", list
         if req.conn.dialect < 0x0300:
             raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "DH2C below SMB 3")
         v2 = DurableV2Reconnect.parse(contexts[DH2C])
-        if v2.flags & DHANDLE_FLAG_PERSISTENT:
-            raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "no persistent handles")
+        if v2.flags & DHANDLE_FLAG_PERSISTENT and not persistent.offered(req):
+            raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "no persistent handles on this share")
         file_id = v2.file_id
     else:
         file_id = parse_dhnc(contexts[DHNC])
@@ -344,15 +351,24 @@ async def reconnect(req: "Request", create: CreateRequest) -> tuple["Open", list
         lease_request = LeaseRequest.parse(lease_data)
     table = durable_table(server)
     op = table.kept(file_id[0])
+    orphan = None
     if op is not None and not op.closed:
         record = global_record(op)
     else:
         op = None
         record = server.store.get(OPENS, open_key(file_id[0])) if server.messenger is not None else None
         if record is None or record.get("pid") == os.getpid() or record.get("expires", 0) < time.time():
-            raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "no such durable handle")
+            # No live holder: a persistent Open whose worker (or smbdd) died is on disk.
+            record = orphan = (persistent.orphaned_record(server.persistent_store, file_id[0])
+                               if v2 is not None and v2.flags & DHANDLE_FLAG_PERSISTENT else None)
+            if record is None:
+                raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "no such durable handle")
+    if v2 is not None and bool(v2.flags & DHANDLE_FLAG_PERSISTENT) != bool(record.get("persistent")):
+        raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "persistent flag does not match the handle")
     check_reconnect(req, create, record, v2, lease_request)
-    if op is None:
+    if orphan is not None:
+        op = await persistent.restore(req, orphan)
+    elif op is None:
         from .handoff import claim_durable  # the Open is another worker's: it hands it over
         op = await claim_durable(req, record)
     else:

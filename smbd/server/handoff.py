@@ -25,6 +25,7 @@ from .durable import durable_table
 from .leases import lease_manager
 from .messaging import MessageError
 from .objects import Open, SessionState
+from . import persistent
 from .oplocks import drop_lease
 
 if TYPE_CHECKING:
@@ -98,21 +99,23 @@ def _hand_over_durable(server: "ServerState", body: dict) -> tuple[dict, list[in
         return {"why": "not kept here"}, []
     if (op.lease is not None and op.lease.breaking) or server.oplocks.breaking(op):
         return {"why": "a break is in progress"}, []
-    state = _export(server, op)
+    state = export_state(server, op)
     fds = [op.fd] + ([op.base_fd] if op.stream is not None and op.base_fd >= 0 else [])
     _detach(server, op)
     log.debug("%s: durable open handed to another worker", op.display_name)
     return {"open": state}, fds  # the messenger closes our copies once they are sent
 
 
-def _export(server: "ServerState", op: Open) -> dict:
+def export_state(server: "ServerState", op: Open) -> dict:
+    """What another process needs to hold the Open (a worker taking it over, or the
+    persistent record, smbd.server.persistent)."""
     lease = op.lease
     return {
         "persistent_id": op.persistent_id, "granted_access": op.granted_access,
         "share_access": op.share_access, "components": list(op.components), "is_dir": op.is_dir,
         "create_options": op.create_options, "file_key": op.file_key, "stream": op.stream,
         "base_key": op.base_key, "mode": op.mode, "position": op.position,
-        "delete_on_close": op.delete_on_close, "durable_v2": op.durable_v2,
+        "delete_on_close": op.delete_on_close, "durable_v2": op.durable_v2, "persistent": op.persistent,
         "durable_timeout": op.durable_timeout,
         "create_guid": str(op.create_guid) if op.create_guid else None, "owner": list(op.owner),
         "lock_sequences": {str(k): v for k, v in op.lock_sequences.items()},
@@ -148,6 +151,7 @@ def _adopt(req: "Request", state: dict, fds: list[int]) -> Open:
     op.base_fd = fds[1] if len(fds) > 1 else -1
     op.mode, op.position, op.delete_on_close = state["mode"], state["position"], state["delete_on_close"]
     op.durable, op.durable_v2, op.durable_timeout = True, state["durable_v2"], state["durable_timeout"]
+    op.persistent = bool(state.get("persistent"))
     op.create_guid = uuid.UUID(state["create_guid"]) if state["create_guid"] else None
     op.client_guid = req.conn.client_guid
     op.owner = tuple(state["owner"])
@@ -163,4 +167,5 @@ def _adopt(req: "Request", state: dict, fds: list[int]) -> Open:
                                     bytes.fromhex(lease["parent_key"]) if lease["parent_key"] else None)
     elif state["oplock"]:
         server.oplocks.grant(op, state["oplock"])
+    persistent.changed(server, op)  # the record names its new holder
     return op

@@ -531,6 +531,9 @@ class LeaseManager:
         if ack.state & ~lease.breaking_to:
             raise SmbError(NtStatus.REQUEST_NOT_ACCEPTED, "acknowledged state beyond the break")
         self._finish_break(lease, ack.state)
+        from .persistent import changed
+        for op in list(lease.opens):
+            changed(self.server, op)  # a persistent Open comes back with the state it has now
         return lease_break_response(lease.key, ack.state)
 
     # -- teardown ---------------------------------------------------------------------------------

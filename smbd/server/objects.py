@@ -127,6 +127,7 @@ class Open:
     durable: bool = False
     durable_v2: bool = False
     durable_timeout: float = 0.0  # seconds a disconnected durable open is kept
+    persistent: bool = False  # a persistent handle (smbd.server.persistent)
     create_guid: Any = None  # uuid.UUID of DH2Q, for replays and DH2C
     client_guid: Any = None  # uuid.UUID of the connection that created it
     owner: tuple[str, str] = ("", "")  # (domain, user) allowed to reconnect it

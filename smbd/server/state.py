@@ -11,9 +11,10 @@ import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from smbd.store import StateStore, open_volatile
+from smbd.store import MemoryStore, StateStore, open_persistent, open_volatile
 
 from .config import ServerConfig
 from .objects import Open, Session
@@ -152,6 +153,8 @@ class ServerState:
         self.leases = LeaseManager(self)  # SMB2 leases of this worker's client (3.3.1.13)
         self.durable = DurableTable(self)  # disconnected durable Opens awaiting a reconnect
         self.store = open_volatile(config.runtime_dir)  # shared with the other workers
+        self._persistent_store: StateStore | None = None
+        self.shutting_down = False
         self.global_sessions = GlobalSessionTable(self.store)
         self.messenger = None  # smbd.server.messaging.Messenger, in a worker of smbdd
         # What of this worker's caching the store's ``caching`` table says (smbd.server.caching).
@@ -169,6 +172,14 @@ class ServerState:
             sid = secrets.randbits(63) | 1
             if sid not in self.sessions:
                 return sid
+
+    @property
+    def persistent_store(self) -> StateStore:
+        """The store on disk that persistent handles outlive us in (opened when first needed)."""
+        if self._persistent_store is None:
+            self._persistent_store = (open_persistent(Path(self.config.state_dir) / "store")
+                                      if self.config.state_dir else MemoryStore())
+        return self._persistent_store
 
     def new_volatile_id(self) -> int:
         return next(self._volatile)
@@ -300,6 +311,9 @@ class ServerState:
         tree.session.trees.pop(tree.tree_id, None)
 
     def shutdown(self) -> None:
+        # Persistent Opens close here but keep their records: a restart of smbdd, like a
+        # crash, is what they are meant to outlive (smbd.server.persistent).
+        self.shutting_down = True
         for session in list(self.sessions.values()):
             self.logoff(session)
         self.oplocks.stop()
@@ -310,6 +324,8 @@ class ServerState:
             except OSError:
                 pass
         self.store.close()
+        if self._persistent_store is not None:
+            self._persistent_store.close()
 
 
 def filetime_now() -> int:

@@ -24,7 +24,7 @@ from smbd.wire.ea import EaListError, FullEa, parse_full_ea_list
 from smbd.wire.lease import BREAK_ACK_SIZE, LEASE_CONTEXT, LeaseBreakAck, LeaseRequest, break_structure_size
 from smbd.wire.oplock import OplockBreakAck, oplock_break_response
 
-from .. import caching, durable, sharemode, streams
+from .. import caching, durable, persistent, sharemode, streams
 from ..objects import Open
 from ..leases import is_stat_open, lease_manager
 from ..oplocks import BREAK_ACK_TIMEOUT
@@ -140,6 +140,14 @@ async def _create_new(req: "Request", create: CreateRequest, dh2q) -> bytes:
     return CreateResponse(oplock, 0, op.action, info.creation_time, info.last_access_time,
                           info.last_write_time, info.change_time, info.allocation_size, info.size,
                           info.attributes, op.open.file_id, encode_contexts(contexts) if contexts else b"").pack()
+
+
+async def open_for_restore(req: "Request", create: CreateRequest) -> Open:
+    """The file of a persistent Open again (smbd.server.persistent): the Open it was, as a
+    plain open of the existing file with the access already granted then; breaks and share
+    modes apply as to any open."""
+    parsed = req.tree.vfs.parse_stream_name(create.name)
+    return (await _open_after_breaks(req, create, parsed, create.desired_access, ())).open
 
 
 def _lease_request(req: "Request", create: CreateRequest) -> LeaseRequest | None:
@@ -428,6 +436,11 @@ def close_open(server: "ServerState", op: Open) -> None:
         lease_manager(server).forget(op)
     op.closed = True
     server.unregister_open(op)
+    if op.persistent and not getattr(server, "shutting_down", False):
+        try:
+            persistent.forget(server, op)
+        except Exception as e:  # closing goes on; the record expires on its own
+            log.error("%s: persistent record not removed: %s", op.display_name, e)
     if op.notify is not None:
         op.notify.close()  # thread-safe; wakes a pending CHANGE_NOTIFY with NOTIFY_CLEANUP
     if op.pipe is not None:

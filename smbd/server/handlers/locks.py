@@ -8,6 +8,7 @@ from smbd.status import NtStatus, SmbError
 from smbd.wire.fileio import LockElement, LockFlags, LockRequest
 from smbd.wire.session import empty_response
 
+from .. import persistent
 from ..durable import lock_done, lock_replayed
 from ..locks import range_valid
 
@@ -58,6 +59,7 @@ async def handle_lock(req: "Request") -> bytes:
     else:
         await _lock(req, op, lock.locks)
     lock_done(op, req.conn, lock.sequence)
+    persistent.changed(req.server, op)  # a persistent Open's locks outlive the worker
     return empty_response()
 
 

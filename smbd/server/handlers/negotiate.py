@@ -69,6 +69,8 @@ async def handle_negotiate(req: "Request") -> bytes:
         conn.multi_credit = True
     if dialect >= Dialect.SMB_3_0:
         caps |= Capabilities.MULTI_CHANNEL
+        if cfg.continuous_availability:
+            caps |= Capabilities.PERSISTENT_HANDLES  # 3.3.5.4; smbd.server.persistent
         if dialect < Dialect.SMB_3_1_1 and cfg.encrypt != EncryptPolicy.OFF and \
                 neg.capabilities & Capabilities.ENCRYPTION:
             caps |= Capabilities.ENCRYPTION

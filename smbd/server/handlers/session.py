@@ -27,9 +27,9 @@ from smbd.auth.spnego import SpnegoServer, StepResult
 from smbd.status import NtStatus, SmbError
 from smbd.wire.create import FILE_ALL_ACCESS, FILE_GENERIC_EXECUTE, FILE_GENERIC_READ
 from smbd.wire.header import Flags
-from smbd.wire.negotiate import Dialect, SecurityMode
-from smbd.wire.session import (SESSION_FLAG_BINDING, SessionFlags, SessionSetupRequest, ShareFlags, ShareType,
-                               TreeConnectRequest, empty_response, parse_empty, session_setup_response,
+from smbd.wire.negotiate import Capabilities, Dialect, SecurityMode
+from smbd.wire.session import (SESSION_FLAG_BINDING, SessionFlags, SessionSetupRequest, ShareCaps, ShareFlags,
+                               ShareType, TreeConnectRequest, empty_response, parse_empty, session_setup_response,
                                tree_connect_response)
 
 from ..config import EncryptPolicy
@@ -391,7 +391,10 @@ async def handle_tree_connect(req: "Request") -> bytes:
     flags = ShareFlags.MANUAL_CACHING
     if tree.encrypt:
         flags |= ShareFlags.ENCRYPT_DATA
-    return tree_connect_response(ShareType.DISK, flags, 0, access)
+    caps = 0
+    if share.continuous_availability and req.conn.server_capabilities & Capabilities.PERSISTENT_HANDLES:
+        caps |= ShareCaps.CONTINUOUS_AVAILABILITY  # 3.3.5.7
+    return tree_connect_response(ShareType.DISK, flags, caps, access)
 
 
 async def handle_tree_disconnect(req: "Request") -> bytes:

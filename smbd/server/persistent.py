@@ -1,0 +1,177 @@
+"""Persistent handles on continuously available shares (MS-SMB2 3.3.5.9.10 with
+SMB2_DHANDLE_FLAG_PERSISTENT, 3.3.5.9.12, 3.3.7.1; a share with ``continuous_availability``).
+
+A persistent Open is a durable Open whose state also reaches the persistent store (on disk,
+synced) before the CREATE's answer, and again after every change the client relies on:
+its byte-range locks, its lease. So it outlives not only its connection (a durable Open
+does that in its worker's memory) but the worker itself (``kill -9``) and smbdd: the
+reconnect (DH2C with the persistent flag) then reaches a worker that does not have it,
+finds no live holder, and opens the file again from the record, taking back the share
+mode, the locks and the lease it had. Data the client was told was written is in the
+kernel's page cache, which a process crash does not lose (a WRITE_THROUGH one is on disk).
+
+While nobody holds it, the record waits for its timeout: smbdd stamps the records of a
+worker that died, and all records when it starts, with when they expire, and deletes the
+expired ones (``orphan``, ``expire``). What is not done yet: between the crash and the
+reconnect no descriptor holds the share mode, so another client's open is not refused in
+that window as Windows would refuse it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+from smbd.status import NtStatus, SmbError
+from smbd.store import StateStore
+from smbd.wire.create import CreateRequest, Disposition, OplockLevel
+
+if TYPE_CHECKING:
+    from .connection import Request
+    from .objects import Open
+    from .state import ServerState
+
+log = logging.getLogger("smbd.persistent")
+
+TABLE = "persistent_opens"  # a table of the persistent store (smbd.store.PERSISTENT_TABLES)
+GLOBAL_CAP_PERSISTENT_HANDLES = 0x10  # MS-SMB2 2.2.4
+
+
+def key_of(persistent_id: int) -> str:
+    return f"{persistent_id:016x}"
+
+
+def offered(req: "Request") -> bool:
+    """3.3.5.9.10: persistence only on a CA share of a connection that was offered it."""
+    share = req.tree.share if req.tree is not None else None
+    return bool(share is not None and share.continuous_availability
+                and req.conn.server_capabilities & GLOBAL_CAP_PERSISTENT_HANDLES)
+
+
+def record_of(server: "ServerState", op: "Open") -> dict:
+    """The global record the reconnect is checked against (smbd.server.durable) plus the
+    state to open the file again (smbd.server.handoff's export)."""
+    from .durable import global_record
+    from .handoff import export_state
+
+    record = global_record(op)
+    record.update(persistent=True, timeout=op.durable_timeout, expires=None, state=export_state(server, op))
+    return record
+
+
+def save(server: "ServerState", op: "Open") -> None:
+    """Write (or rewrite) the Open's record; on disk when this returns."""
+    record = record_of(server, op)
+    server.persistent_store.update(TABLE, key_of(op.persistent_id), lambda _old: record)
+
+
+def changed(server: "ServerState", op: "Open") -> None:
+    """After a change the client relies on (a lock taken or released, a lease acknowledged)."""
+    if op.persistent and not op.closed:
+        try:
+            save(server, op)
+        except Exception as e:  # the store full or gone: the Open goes on, less safe
+            log.error("%s: persistent record not updated: %s", op.display_name, e)
+
+
+def forget(server: "ServerState", op: "Open") -> None:
+    """The Open is closed for good (CLOSE, timeout, a conflicting open)."""
+    if op.persistent:
+        server.persistent_store.update(TABLE, key_of(op.persistent_id), lambda _old: None)
+
+
+def orphaned_record(store: StateStore, persistent_id: int, now: float | None = None) -> dict | None:
+    """The record of an Open no live worker holds, if it has not expired."""
+    record = store.get(TABLE, key_of(persistent_id))
+    if record is None:
+        return None
+    if record.get("pid") is not None and _alive(record["pid"]):
+        return None  # its worker lives: the volatile ``opens`` table and handoff apply
+    expires = record.get("expires")
+    now = time.time() if now is None else now
+    if expires is not None and expires < now:
+        return None
+    return record
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---- smbdd's side: records of dead workers and of an earlier run -----------------------------
+
+def orphan(store: StateStore, pid: int | None, now: float) -> int:
+    """Start the timeout of every record of worker ``pid`` (None: of every record, at a
+    start of smbdd, when no worker of an earlier run is alive). Returns how many."""
+    count = 0
+    for key, record in list(store.items(TABLE)):
+        if (pid is None or record.get("pid") == pid) and record.get("expires") is None:
+            stamped = {**record, "pid": None, "expires": now + float(record.get("timeout") or 60.0)}
+            store.update(TABLE, key, lambda _old, r=stamped: r)
+            count += 1
+    return count
+
+
+def expire(store: StateStore, now: float) -> int:
+    """Delete the records whose timeout has passed; how many."""
+    gone = 0
+    for key, record in list(store.items(TABLE)):
+        if record.get("expires") is not None and record["expires"] < now:
+            store.update(TABLE, key, lambda _old: None)
+            gone += 1
+    return gone
+
+
+# ---- reconnect from the record -------------------------------------------------------------
+
+async def restore(req: "Request", record: dict) -> "Open":
+    """Open the file of a checked orphaned record again for this session (3.3.5.9.12),
+    with the access, share mode, locks, lease or oplock it had."""
+    from .handlers.files import open_for_restore
+    from .leases import lease_manager
+
+    server, state = req.server, record["state"]
+    name = "\\".join(state["components"]) + (f":{state['stream']}" if state["stream"] else "")
+    create = CreateRequest(OplockLevel.NONE, 2, state["granted_access"], 0, state["share_access"],
+                           Disposition.OPEN, state["create_options"], name, {})
+    op = await open_for_restore(req, create)
+    server.unregister_open(op)
+    op.persistent_id = state["persistent_id"]
+    op.durable, op.durable_v2, op.persistent = True, True, True
+    op.durable_timeout = state["durable_timeout"]
+    op.create_guid = uuid.UUID(state["create_guid"]) if state["create_guid"] else None
+    op.client_guid = req.conn.client_guid
+    op.owner = tuple(state["owner"])
+    op.position, op.delete_on_close = state["position"], state["delete_on_close"]
+    op.lock_sequences = {int(k): v for k, v in state["lock_sequences"].items()}
+    op.create_action, op.sequence.sequence = state["create_action"], state["channel_sequence"]
+    server.register_open(op)
+    try:
+        for offset, length, exclusive in state["locks"]:
+            server.byte_locks.add(op, offset, length, exclusive)
+        lease = state["lease"]
+        if lease is not None:
+            lease_manager(server).adopt(op, req.conn.client_guid, bytes.fromhex(lease["key"]), lease["version"],
+                                        lease["state"], lease["epoch"],
+                                        bytes.fromhex(lease["parent_key"]) if lease["parent_key"] else None)
+        elif state["oplock"]:
+            server.oplocks.grant(op, state["oplock"])
+    except Exception:
+        from .handlers.files import close_open
+        close_open(server, op)
+        raise
+    save(server, op)  # this worker's again, with no expiry while it is connected
+    log.info("%s: persistent open restored from the store", op.display_name)
+    return op
+
+
+def no_such_handle() -> SmbError:
+    return SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "no such persistent handle")
