@@ -22,7 +22,11 @@ pytestmark = pytest.mark.peer
 PASSING = Path(__file__).parent / "torture" / "smbdd_passing.txt"
 SUITES = ["smb2.connect", "smb2.read", "smb2.rw", "smb2.credits", "smb2.lock", "smb2.compound",
           "smb2.dir", "smb2.getinfo", "smb2.setinfo", "smb2.create", "smb2.session", "smb2.streams",
-          "smb2.notify", "smb2.oplock"]
+          "smb2.notify", "smb2.oplock", "smb2.durable-open", "smb2.durable-v2-open", "smb2.replay",
+          # smb2.multichannel by part: smbtorture 4.17 itself segfaults in leases.test4 when it
+          # follows test3 (against Samba too); test4 passes alone.
+          "smb2.multichannel.generic", "smb2.multichannel.oplocks", "smb2.multichannel.leases.test1",
+          "smb2.multichannel.leases.test2", "smb2.multichannel.leases.test3"]
 
 
 def expected(suite: str) -> set[str]:

@@ -32,7 +32,8 @@ from .runner import SMBDD_TORTURE_ARGS, SuiteRun, run_suite, smbtorture_availabl
 
 DEFAULT_SUITES = ("smb2.connect,smb2.read,smb2.rw,smb2.dir,smb2.getinfo,smb2.setinfo,"
                   "smb2.create,smb2.lock,smb2.compound,smb2.credits,smb2.session,"
-                  "smb2.lease,smb2.durable-open,smb2.durable-v2-open,smb2.streams,smb2.notify")
+                  "smb2.lease,smb2.durable-open,smb2.durable-v2-open,smb2.streams,smb2.notify,"
+                  "smb2.oplock,smb2.replay,smb2.multichannel")
 
 
 def empty_folder(path: Path) -> None:
