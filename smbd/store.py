@@ -38,6 +38,17 @@ VOLATILE_TABLES = ("sessions", "opens", "caching")
 PERSISTENT_TABLES = ("server", "persistent_opens")  # smbd.server.persistent
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether the process a record names still runs (records carry the pid of their holder)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 class StateStore:
     """Tables of JSON records by string key; ``update`` is atomic between processes."""
 

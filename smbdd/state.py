@@ -17,7 +17,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from smbd.store import open_persistent
+from smbd.store import open_persistent, pid_alive
 
 log = logging.getLogger("smbdd.state")
 
@@ -61,17 +61,7 @@ def make_runtime_dir(root: Path = RUNTIME_ROOT) -> Path:
 def sweep_runtime_dirs(root: Path = RUNTIME_ROOT) -> None:
     for folder in root.glob(f"{RUNTIME_PREFIX}*"):
         pid = folder.name[len(RUNTIME_PREFIX):]
-        if pid.isdigit() and _alive(int(pid)):
+        if pid.isdigit() and pid_alive(int(pid)):
             continue
         log.info("removing %s, left by an smbdd that is gone", folder)
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True

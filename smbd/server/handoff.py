@@ -149,7 +149,18 @@ def _adopt(req: "Request", state: dict, fds: list[int]) -> Open:
               state["create_options"], connection=req.conn)
     op.file_key, op.stream, op.base_key = state["file_key"], state["stream"], state["base_key"]
     op.base_fd = fds[1] if len(fds) > 1 else -1
-    op.mode, op.position, op.delete_on_close = state["mode"], state["position"], state["delete_on_close"]
+    op.mode = state["mode"]
+    apply_state(req, op, state)
+    persistent.changed(server, op)  # the record names its new holder
+    return op
+
+
+def apply_state(req: "Request", op: Open, state: dict) -> None:
+    """Give an Open (its file already open) what ``export_state`` recorded, and register
+    it: durability, replay and lock bookkeeping, byte-range locks, lease or oplock. Shared
+    by a handover between workers and by a persistent Open restored from disk."""
+    server = req.server
+    op.position, op.delete_on_close = state["position"], state["delete_on_close"]
     op.durable, op.durable_v2, op.durable_timeout = True, state["durable_v2"], state["durable_timeout"]
     op.persistent = bool(state.get("persistent"))
     op.create_guid = uuid.UUID(state["create_guid"]) if state["create_guid"] else None
@@ -167,5 +178,3 @@ def _adopt(req: "Request", state: dict, fds: list[int]) -> Open:
                                     bytes.fromhex(lease["parent_key"]) if lease["parent_key"] else None)
     elif state["oplock"]:
         server.oplocks.grant(op, state["oplock"])
-    persistent.changed(server, op)  # the record names its new holder
-    return op

@@ -19,13 +19,10 @@ that window as Windows would refuse it.
 from __future__ import annotations
 
 import logging
-import os
 import time
-import uuid
 from typing import TYPE_CHECKING
 
-from smbd.status import NtStatus, SmbError
-from smbd.store import StateStore
+from smbd.store import StateStore, pid_alive
 from smbd.wire.create import CreateRequest, Disposition, OplockLevel
 
 if TYPE_CHECKING:
@@ -87,23 +84,13 @@ def orphaned_record(store: StateStore, persistent_id: int, now: float | None = N
     record = store.get(TABLE, key_of(persistent_id))
     if record is None:
         return None
-    if record.get("pid") is not None and _alive(record["pid"]):
+    if record.get("pid") is not None and pid_alive(record["pid"]):
         return None  # its worker lives: the volatile ``opens`` table and handoff apply
     expires = record.get("expires")
     now = time.time() if now is None else now
     if expires is not None and expires < now:
         return None
     return record
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ---- smbdd's side: records of dead workers and of an earlier run -----------------------------
@@ -136,7 +123,7 @@ async def restore(req: "Request", record: dict) -> "Open":
     """Open the file of a checked orphaned record again for this session (3.3.5.9.12),
     with the access, share mode, locks, lease or oplock it had."""
     from .handlers.files import open_for_restore
-    from .leases import lease_manager
+    from .handoff import apply_state
 
     server, state = req.server, record["state"]
     name = "\\".join(state["components"]) + (f":{state['stream']}" if state["stream"] else "")
@@ -144,26 +131,9 @@ async def restore(req: "Request", record: dict) -> "Open":
                            Disposition.OPEN, state["create_options"], name, {})
     op = await open_for_restore(req, create)
     server.unregister_open(op)
-    op.persistent_id = state["persistent_id"]
-    op.durable, op.durable_v2, op.persistent = True, True, True
-    op.durable_timeout = state["durable_timeout"]
-    op.create_guid = uuid.UUID(state["create_guid"]) if state["create_guid"] else None
-    op.client_guid = req.conn.client_guid
-    op.owner = tuple(state["owner"])
-    op.position, op.delete_on_close = state["position"], state["delete_on_close"]
-    op.lock_sequences = {int(k): v for k, v in state["lock_sequences"].items()}
-    op.create_action, op.sequence.sequence = state["create_action"], state["channel_sequence"]
-    server.register_open(op)
+    op.persistent_id = state["persistent_id"]  # the FileId the client knows
     try:
-        for offset, length, exclusive in state["locks"]:
-            server.byte_locks.add(op, offset, length, exclusive)
-        lease = state["lease"]
-        if lease is not None:
-            lease_manager(server).adopt(op, req.conn.client_guid, bytes.fromhex(lease["key"]), lease["version"],
-                                        lease["state"], lease["epoch"],
-                                        bytes.fromhex(lease["parent_key"]) if lease["parent_key"] else None)
-        elif state["oplock"]:
-            server.oplocks.grant(op, state["oplock"])
+        apply_state(req, op, state)
     except Exception:
         from .handlers.files import close_open
         close_open(server, op)
@@ -172,6 +142,3 @@ async def restore(req: "Request", record: dict) -> "Open":
     log.info("%s: persistent open restored from the store", op.display_name)
     return op
 
-
-def no_such_handle() -> SmbError:
-    return SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "no such persistent handle")
