@@ -38,6 +38,7 @@ from smbd.wire.create import Disposition
 from smbd.wire.lease import (LeaseBreakAck, LeaseFlags, LeaseRequest, LeaseState, lease_break_notification,
                              lease_break_response, lease_response_context)
 
+from . import persistent
 from .oplocks import (BREAK_ACK_TIMEOUT, break_channels, drop_lease, is_writable_fd, lease_state, send_break,
                        take_lease)
 
@@ -531,9 +532,8 @@ class LeaseManager:
         if ack.state & ~lease.breaking_to:
             raise SmbError(NtStatus.REQUEST_NOT_ACCEPTED, "acknowledged state beyond the break")
         self._finish_break(lease, ack.state)
-        from .persistent import changed
         for op in list(lease.opens):
-            changed(self.server, op)  # a persistent Open comes back with the state it has now
+            persistent.changed(self.server, op)  # a persistent Open comes back with the state it has now
         return lease_break_response(lease.key, ack.state)
 
     # -- teardown ---------------------------------------------------------------------------------

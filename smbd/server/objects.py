@@ -77,7 +77,7 @@ class Session:
         return self.channels.get(id(connection))
 
     def other_live_channel(self, connection: Any) -> bool:
-        return any(id(c.connection) != id(connection) and not c.connection.closed for c in self.channels.values())
+        return any(c.connection is not connection and not c.connection.closed for c in self.channels.values())
 
 
 @dataclass(eq=False)

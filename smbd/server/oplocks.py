@@ -52,6 +52,8 @@ from smbd.status import NtStatus, SmbError
 from smbd.wire.create import CreateAction, OplockLevel
 from smbd.wire.oplock import oplock_break_notification
 
+from .break_delivery import deliver
+
 if TYPE_CHECKING:
     from .objects import Open
 
@@ -523,8 +525,6 @@ def send_break(loop: asyncio.AbstractEventLoop, channels: Callable[[], list], op
     """Send an oplock or lease break notification in the background on the first of
     ``channels()`` whose transport acknowledges it (smbd.server.break_delivery), encrypted
     when the Open's session or tree requires it; a failure is logged, not raised."""
-    from .break_delivery import deliver
-
     session = op.session
     encrypt = bool(session.encrypt_data or (op.tree is not None and op.tree.encrypt))
     task = loop.create_task(deliver(channels, message, session, encrypt, what))
