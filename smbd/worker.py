@@ -19,7 +19,7 @@ import sys
 from smbd.control import recv_record, send_record
 from smbd.server.config import ServerConfig
 from smbd.server.connection import SmbConnection
-from smbd.server import caching
+from smbd.server import caching, channel_move
 from smbd.server.handoff import serve_requests
 from smbd.server.messaging import Messenger
 from smbd.server.oplocks import block_lease_signals
@@ -69,6 +69,7 @@ class Worker:
             self.server.messenger = Messenger(lambda rec, fds: send_record(self.control, rec, fds))
             serve_requests(self.server)
             caching.serve_requests(self.server)
+            channel_move.serve_requests(self.server, self._open_moved_channel)
             send_record(self.control, {"op": "ready"})
         elif op == "message" and self.server is not None and self.server.messenger is not None:
             self.server.messenger.deliver(record, fds)
@@ -90,7 +91,7 @@ class Worker:
                 os.close(fd)
             log.warning("unexpected control record %r", op)
 
-    async def _serve_tcp(self, fd: int, peer: str, first: bytes) -> None:
+    async def _serve_tcp(self, fd: int, peer: str, first: bytes, paused: bool = False) -> SmbConnection:
         sock = socket.socket(fileno=fd)
         server = self.server
         holder: dict[str, SmbConnection] = {}
@@ -115,7 +116,8 @@ class Worker:
                 conn.close()
             self.check_idle()
 
-        transport = TcpTransport(peer, server.config.max_io_size + 64 * 1024, on_message, on_lost)
+        transport = TcpTransport(peer, server.config.max_io_size + 64 * 1024, on_message, on_lost,
+                                 start_paused=paused)
         conn = SmbConnection(server, transport)
         holder["conn"] = conn
         server.connections.add(conn)
@@ -127,6 +129,15 @@ class Worker:
             except Exception:
                 log.exception("%s: first message", peer)
                 transport.close()
+        return conn
+
+    async def _open_moved_channel(self, kind: str, fd: int, peer: str, setup: dict | None) -> SmbConnection:
+        """A channel another worker passed us (smbd.server.channel_move), not reading yet."""
+        self.idle_reported = False
+        if kind == "rdma":
+            from smbd.transport.proxy import serve_proxy_channel
+            return await serve_proxy_channel(self, fd, {"peer": peer}, setup, paused=True)
+        return await self._serve_tcp(fd, peer, b"", paused=True)
 
     def check_idle(self) -> None:
         # Disconnected durable handles (smbd.server.durable) keep the worker: a reconnect of

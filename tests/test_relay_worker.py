@@ -22,6 +22,7 @@ import pytest
 from shm.pool import BufferPool
 from smbd.auth.ntlm import nt_hash
 from smbd.server.config import ServerConfig, ShareConfig, UserEntry
+from smbd.server import channel_move
 from smbd.server.state import ServerState
 from smbd.transport import relay
 from smbd.transport.proxy import KEEP_IDLE_SLOTS, serve_proxy_channel
@@ -186,6 +187,7 @@ def relay_channel(tmp_path):
     thread.start()
     assert ready.wait(10)
     proxy = StandInProxy(ours, pool)
+    proxy.loop = loop
     proxy.login("alice", "pw", "share")
     yield proxy, share, holder["server"]
     ours.close()
@@ -286,3 +288,74 @@ def test_worker_keeps_at_most_a_few_idle_slots(relay_channel):
     released = [e[1] for e in proxy.log if e[0] == "RELEASE"]
     assert len(released) == n - KEEP_IDLE_SLOTS and set(released) <= set(slots)
     assert len(proxy.held) == KEEP_IDLE_SLOTS
+
+
+def test_relay_channel_moves_to_another_connection_and_goes_on(relay_channel):
+    """What smbd.server.channel_move does with an SMB Direct channel, here within one worker:
+    the relay socket of a channel that has only negotiated is detached, taken up by a new
+    connection with the negotiated state and the SESSION_SETUP request, and the client goes
+    on through it as if nothing happened: logon, tree connect, a WRITE and a READ by RDMA
+    through the same pool. Closing the old connection's copy of the socket ends nothing."""
+    spnego = pytest.importorskip("spnego")
+    first, share, server = relay_channel
+    worker = types.SimpleNamespace(server=server, check_idle=lambda: None)
+
+    def run(coro):
+        return asyncio.run_coroutine_threadsafe(coro, first.loop).result(10)
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = run(serve_proxy_channel(worker, theirs.detach(), {"peer": "second"}))
+    proxy = StandInProxy(ours, first.pool)
+    assert proxy.negotiate().status == c.STATUS_SUCCESS
+    ctx = spnego.client("alice", "pw", hostname="localhost", service="cifs", protocol="ntlm")
+    request = proxy.build(c.SESSION_SETUP, c.session_setup_body(ctx.step()))
+
+    async def move():
+        fd, pending = old.transport.detach()
+        body = {"transport": "rdma", "peer": "second", "setup": old.transport.setup_info,
+                "negotiated": old.negotiated_state(), "request": request.hex(), "pending": pending.hex()}
+        old.handed_off()
+        return await channel_move._adopt(body, [fd], lambda kind, fd, peer, setup: serve_proxy_channel(
+            worker, fd, {"peer": peer}, setup, paused=True))
+
+    assert run(move()) == ({"adopted": True}, [])
+    assert old.closed and old not in server.connections
+    r = proxy.recv_final()
+    while r.status == c.STATUS_MORE_PROCESSING_REQUIRED:
+        proxy.session_id = r.session_id
+        off, length = struct.unpack_from("<HH", r.body, 4)
+        r = proxy.call(c.SESSION_SETUP, c.session_setup_body(ctx.step(r.raw[off:off + length])))
+    assert r.status == c.STATUS_SUCCESS
+    assert proxy.tree_connect("share").status == c.STATUS_SUCCESS
+    data = os.urandom(SLOT // 2)
+    proxy.mem[:len(data)] = data
+    fid = _open_rw(proxy, "moved.bin")
+    assert proxy.call(c.WRITE, rdma_write_body(fid, len(data), 0, 0), credit_charge=8).status == c.STATUS_SUCCESS
+    assert (share / "moved.bin").read_bytes() == data
+    assert proxy.call(c.READ, rdma_read_body(fid, len(data), 0, SLOT), credit_charge=8).status == c.STATUS_SUCCESS
+    assert bytes(proxy.mem[SLOT:SLOT + len(data)]) == data
+    ours.close()
+
+
+def test_relay_channel_does_not_move_with_rdma_in_flight(relay_channel):
+    """A prefetched WRITE not yet answered would complete in the wrong process: no move."""
+    proxy, _, server = relay_channel
+    conn = next(iter(server.connections))
+    fid = _open_rw(proxy, "busy.bin")
+    proxy.hold_done = True
+    msg = proxy.build(c.WRITE, rdma_write_body(fid, 4096, 0, 0))
+    slot = proxy.free.pop()
+    proxy.held.add(slot)
+    proxy.send_prefetched(msg, relay.PROXY_REQUEST_ID | 9, slot)  # its RDMA_DONE is held back
+
+    async def try_detach():
+        await asyncio.sleep(0.2)
+        try:
+            conn.transport.detach()
+        except BlockingIOError as e:
+            return str(e)
+        return "detached"
+
+    assert asyncio.run_coroutine_threadsafe(try_detach(), proxy.loop).result(10) == "RDMA I/O in progress"
+    proxy.sock.sendall(relay.rdma_done(relay.PROXY_REQUEST_ID | 9, 0, 4096))
+    assert proxy.recv_final().status == c.STATUS_SUCCESS

@@ -24,11 +24,11 @@ import uuid
 import pytest
 
 from tests.smb2client import (CLOSE, CREATE, FILE_OPEN_IF, HEADER_SIZE, LOGOFF, NEGOTIATE, QUERY_INFO,
-                              READ_WRITE_ACCESS, SESSION_SETUP, STATUS_MORE_PROCESSING_REQUIRED,
+                              READ_WRITE_ACCESS, SESSION_SETUP, WRITE, STATUS_MORE_PROCESSING_REQUIRED,
                               STATUS_SUCCESS, TREE_CONNECT, RawClient, close_body, create_body, create_context,
                               echo_body,
                               negotiate_body, negotiate_context, preauth_context, query_info_body,
-                              tree_connect_body)
+                              tree_connect_body, write_body)
 from tests.smbdd_process import PASSWORD, USER, Smbdd
 
 spnego = pytest.importorskip("spnego")
@@ -251,18 +251,44 @@ def test_bind_refusals(server):
             c2.connect((0x0210,))
             r, _, _ = _bind(c1, c2)
             assert r.status == STATUS_REQUEST_NOT_ACCEPTED
-        # Another ClientGUID: another worker process, which finds the session in the
-        # global table and refuses it, signing the refusal with the session's key.
+        # Another ClientGUID (another worker): a forged bind is refused there, signed
+        # with nothing, and without BINDING a session of another connection is no session.
         with _client(server, uuid.uuid4()) as c3:
             c3.connect()
-            r, _, _ = _bind(c1, c3)
-            assert r.status == STATUS_REQUEST_NOT_ACCEPTED
-            assert r.raw[48:64] == signature(c1.algorithm, c1.key, r.raw)
-            # Without BINDING, a session of another connection is no session here.
+            r, _, _ = _bind(c1, c3, sign_key=b"\x02" * 16)
+            assert r.status == STATUS_INVALID_PARAMETER
+            assert r.raw[48:64] != signature(c1.algorithm, c1.key, r.raw)
             r, _, _ = c3.setup(session_id=c1.session_id, sign_key=c1.key)
             assert r.status == STATUS_USER_SESSION_DELETED
         # None of it harmed the session.
         assert c1.call_signed(0x000D, echo_body()).status == STATUS_SUCCESS
+
+
+@pytest.mark.parametrize("dialect", [0x0311, 0x0300])
+def test_bind_from_another_client_guid_moves_to_the_sessions_worker(server, dialect):
+    """A channel that negotiated with another ClientGUID reaches another worker; its bind
+    moves the connection to the session's worker (smbd.server.channel_move), where it
+    uses the session's open, on and after the first channel's end."""
+    with _client(server, uuid.uuid4()) as c1, _client(server, uuid.uuid4()) as c2:
+        c1.connect((dialect,)).login(share="data")
+        fid = _open(c1, f"moved-{dialect:x}.txt")
+        before = set(server.worker_pids())
+        c2.connect((dialect,))
+        assert len(set(server.worker_pids()) | before) >= 2  # c2 is another worker's
+        r, key, preauth = _bind(c1, c2)
+        assert r.status == STATUS_SUCCESS, f"0x{r.status:08X}"
+        assert r.session_id == c1.session_id
+        c2.session_id, c2.tree_id = c1.session_id, c1.tree_id
+        c2.key = signing_key(dialect, key, preauth)
+        assert r.raw[48:64] == signature(c2.algorithm, c2.key, r.raw)  # the new channel's key
+        assert c2.call_signed(WRITE, write_body(fid, b"moved")).status == STATUS_SUCCESS
+        c1.close()
+        q = c2.call_signed(QUERY_INFO, query_info_body(fid))
+        assert q.status == STATUS_SUCCESS
+        assert c2.call_signed(CLOSE, close_body(fid)).status == STATUS_SUCCESS
+        assert c2.call_signed(0x000D, echo_body()).status == STATUS_SUCCESS
+    assert (server.share / f"moved-{dialect:x}.txt").read_bytes() == b"moved"
+    assert "channel moved to worker" in server.log()
 
 
 def test_bind_as_another_user_is_refused(two_user_server):

@@ -371,3 +371,31 @@ def test_pipeline_session_less_request_is_user_session_deleted():
     resps, _, err = drive([NEG, raw.header(raw.TREE_CONNECT, 1, session_id=0x1234)
                            + raw.tree_connect_body("\\\\h\\s")])
     assert err is None and resps[1].status == NtStatus.USER_SESSION_DELETED
+
+
+def test_window_state_round_trips_and_inconsistent_state_is_refused():
+    w = CreditWindow(max_credits=64)
+    w.grant(10, 1)
+    w.consume(0, 1)
+    w.consume(3, 2)
+    copy = CreditWindow.from_state(w.state())
+    assert (copy.low, copy.high, copy.used, copy.max_credits) == (w.low, w.high, w.used, 64)
+    with pytest.raises(ProtocolViolation):
+        copy.consume(3, 1)  # used before the move: still used after it
+    copy.consume(1, 2)
+    assert copy.low == 5
+    for bad in ({**w.state(), "low": 20}, {**w.state(), "used": [99]}):
+        with pytest.raises(ValueError):
+            CreditWindow.from_state(bad)
+
+
+def test_pending_bytes_are_what_was_not_delivered():
+    """A channel that moves takes along what its buffer holds, framed as it arrived."""
+    fb = FrameBuffer(1 << 20, staging=4096, direct_min=1024)
+    assert fb.feed(frame(3) + b"abc" + frame(5) + b"de") == [b"abc"]
+    assert fb.pending() == frame(5) + b"de"
+    fb2 = FrameBuffer(1 << 20, staging=4096, direct_min=1024)
+    assert fb2.feed(frame(2000) + b"x" * 100) == []  # a large message, in its own buffer
+    assert fb2.pending() == frame(2000) + b"x" * 100
+    again = FrameBuffer(1 << 20)
+    assert again.feed(fb2.pending() + b"y" * 1900) == [b"x" * 100 + b"y" * 1900]

@@ -25,6 +25,19 @@ class CreditWindow:
         self.high = 1  # message id 0 is granted at connection start
         self.used: set[int] = set()
 
+    def state(self) -> dict:
+        """The window as JSON, for a channel that moves to another worker (smbd.server.channel_move)."""
+        return {"max": self.max_credits, "low": self.low, "high": self.high, "used": sorted(self.used)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "CreditWindow":
+        window = cls(int(state["max"]))
+        window.low, window.high = int(state["low"]), int(state["high"])
+        window.used = {int(m) for m in state["used"]}
+        if not window.low <= window.high or any(not window.low < m < window.high for m in window.used):
+            raise ValueError("inconsistent credit window")
+        return window
+
     @property
     def outstanding(self) -> int:
         """Credits the client holds: granted ids not yet consumed."""

@@ -97,6 +97,13 @@ class FrameBuffer:
             self._start = self._end = 0
         return out
 
+    def pending(self) -> bytes:
+        """The bytes received but not yet returned as a message, framed as they arrived:
+        what a channel moving to another process must take along (smbd.server.channel_move)."""
+        if self._big is not None:
+            return frame(len(self._big)) + bytes(self._big[:self._big_filled])
+        return bytes(self._staging[self._start:self._end])
+
     def needed(self) -> int:
         """Bytes still missing for the message being assembled (0 when unknown)."""
         if self._big is not None:

@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import logging
 import struct
+import uuid
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
@@ -172,11 +173,45 @@ class SmbConnection:
         # Test-only: set by FSCTL_SMBTORTURE_FORCE_UNACKED_TIMEOUT (smbd.server.break_delivery).
         self.force_unacked = False
 
+    # ---- a channel that moves to another worker (smbd.server.channel_move) -----------
+
+    def negotiated_state(self) -> dict:
+        """What NEGOTIATE decided (3.3.5.4) and the credit window, as JSON."""
+        return {"dialect": self.dialect, "client_guid": str(self.client_guid) if self.client_guid else None,
+                "client_capabilities": self.client_capabilities,
+                "client_security_mode": self.client_security_mode, "client_dialects": list(self.client_dialects),
+                "server_capabilities": self.server_capabilities, "cipher": self.cipher,
+                "signing_algorithm": self.signing_algorithm, "rdma_transforms": list(self.rdma_transforms),
+                "preauth": self.preauth.value.hex(), "multi_credit": self.multi_credit,
+                "credits": self.credits.state()}
+
+    def restore_negotiated(self, state: dict) -> None:
+        self.dialect = int(state["dialect"])
+        self.client_guid = uuid.UUID(state["client_guid"]) if state["client_guid"] else None
+        self.client_capabilities = int(state["client_capabilities"])
+        self.client_security_mode = int(state["client_security_mode"])
+        self.client_dialects = tuple(int(d) for d in state["client_dialects"])
+        self.server_capabilities = int(state["server_capabilities"])
+        self.cipher, self.signing_algorithm = int(state["cipher"]), int(state["signing_algorithm"])
+        self.rdma_transforms = [int(t) for t in state["rdma_transforms"]]
+        self.preauth = crypto.PreauthHash(bytes.fromhex(state["preauth"]))
+        self.multi_credit = bool(state["multi_credit"])
+        self.credits = CreditWindow.from_state(state["credits"])
+        self.negotiated = True
+
+    def handed_off(self) -> None:
+        """The channel now lives in another worker: forget it here without a word to the
+        client (its socket lives on there; closing ours sends nothing)."""
+        self.closed = True
+        self.server.connection_lost(self)
+        self.transport.close()
+
     # ---- entry point from the transport ----------------------------------------------
 
-    def receive(self, raw: bytes) -> None:
+    def receive(self, raw: bytes, charged: bool = False) -> None:
         """A whole message arrived. Checks that must follow arrival order run now;
-        the handlers then run as a task so that slow I/O does not hold up the next one."""
+        the handlers then run as a task so that slow I/O does not hold up the next one.
+        ``charged``: its MessageId was consumed where it first arrived (a moved channel)."""
         if self.closed:
             return
         msg = memoryview(raw)
@@ -201,7 +236,8 @@ class SmbConnection:
                 continue
             if not self.negotiated and hdr.command != Command.NEGOTIATE:
                 raise ProtocolViolation("request before NEGOTIATE")
-            self.credits.consume(hdr.message_id, hdr.credit_charge if self.multi_credit else 1)
+            if not charged:
+                self.credits.consume(hdr.message_id, hdr.credit_charge if self.multi_credit else 1)
             req = Request(self, hdr, part, encrypted=encrypted_session is not None,
                           is_last=(i == len(parts) - 1))
             if encrypted_session is not None and hdr.session_id != encrypted_session.session_id and not (

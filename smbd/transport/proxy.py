@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import socket
 import struct
 from typing import TYPE_CHECKING
@@ -43,8 +44,9 @@ def _attach_pool(name: str):
 class ProxyTransport(asyncio.Protocol):
     """Transport for SmbConnection over the relay socket; also its RDMA capability."""
 
-    def __init__(self, peer: str, on_message, on_lost):
+    def __init__(self, peer: str, on_message, on_lost, start_paused: bool = False):
         self.peer = peer
+        self._start_paused = start_paused  # a moved channel reads once its state is back
         self.rdma: RdmaChannel | None = None
         # The largest message the peer reassembles (its MaxFragmentedSize, MS-SMBD 3.1.1.1).
         self.max_message: int | None = None
@@ -57,9 +59,17 @@ class ProxyTransport(asyncio.Protocol):
         self._can_write.set()
         self._setup = asyncio.get_running_loop().create_future()
         self._held: list = []  # frames that ride along with the next write (write_with_next)
+        self.setup_info: dict | None = None  # the proxy's SETUP, kept for a move (detach)
 
     def connection_made(self, transport) -> None:
         self._transport = transport
+        if self._start_paused:
+            transport.pause_reading()
+
+    def feed_initial(self, data: bytes) -> None:
+        """Relay bytes another worker read before it passed the socket on."""
+        if data:
+            self.data_received(data)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -71,12 +81,7 @@ class ProxyTransport(asyncio.Protocol):
 
     def _frame(self, fr: relay.Frame) -> None:
         if fr.type == relay.FrameType.SETUP:
-            info = fr.json()
-            self.rdma = RdmaChannel(self, _attach_pool(info["pool"]), info)
-            self.peer = info.get("peer", self.peer)
-            self.max_message = int(info.get("max_message", 0)) or None
-            if not self._setup.done():
-                self._setup.set_result(info)
+            self.set_up(fr.json())
         elif fr.type == relay.FrameType.MESSAGE:
             smb2, _token = fr.message()
             prefetch = fr.prefetch()
@@ -90,11 +95,40 @@ class ProxyTransport(asyncio.Protocol):
         else:
             raise ProtocolViolation("relay frame before SETUP")
 
+    def set_up(self, info: dict) -> None:
+        """The proxy's SETUP frame: the pool and the sizes the SMB Direct connection negotiated.
+        A channel moved from another worker gets it from that worker."""
+        self.setup_info = info
+        self.rdma = RdmaChannel(self, _attach_pool(info["pool"]), info)
+        self.peer = info.get("peer", self.peer)
+        self.max_message = int(info.get("max_message", 0)) or None
+        if not self._setup.done():
+            self._setup.set_result(info)
+
+    def detach(self) -> tuple[int, bytes]:
+        """Stop reading; a duplicate of the relay socket and the bytes of frames not yet whole,
+        for another worker to go on with the connection (smbd.server.channel_move). Only
+        between I/Os: an RDMA operation in flight would complete in the wrong process."""
+        if self._closed or self._transport is None:
+            raise ConnectionResetError("relay closed")
+        if self.setup_info is None:
+            raise BlockingIOError("no SETUP from the proxy yet")
+        if self._held or (self.rdma is not None and not self.rdma.give_back_all()):
+            raise BlockingIOError("RDMA I/O in progress")
+        if self._transport.get_write_buffer_size():
+            raise BlockingIOError("frames still being written")
+        self._transport.pause_reading()
+        return os.dup(self._transport.get_extra_info("socket").fileno()), self._decoder.pending()
+
     def pause_writing(self) -> None:
         self._can_write.clear()
 
     def resume_writing(self) -> None:
         self._can_write.set()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None and not self._closed:
+            self._transport.resume_reading()
 
     def connection_lost(self, exc) -> None:
         self._closed = True
@@ -193,6 +227,15 @@ class RdmaChannel:
                 self._release(slot)
         else:
             raise ProtocolViolation(f"unexpected relay frame {fr.type}")
+
+    def give_back_all(self) -> bool:
+        """Return the idle slots to the proxy; False if an operation is still in flight."""
+        if self._waiting or self._prefetched:
+            return False
+        idle, self._idle = self._idle, []
+        for slot in idle:
+            self._release(slot)
+        return True
 
     def fail_all(self) -> None:
         for fut in self._waiting.values():
@@ -346,8 +389,10 @@ class RdmaChannel:
         return n
 
 
-async def serve_proxy_channel(worker: "Worker", fd: int, record: dict) -> None:
-    """Serve one SMB Direct connection whose relay socket smbdd passed us."""
+async def serve_proxy_channel(worker: "Worker", fd: int, record: dict, setup: dict | None = None,
+                              paused: bool = False):
+    """Serve one SMB Direct connection whose relay socket smbdd passed us, or another worker
+    did, with the proxy's ``setup`` it had received (smbd.server.channel_move)."""
     from smbd.server.connection import SmbConnection
 
     sock = socket.socket(fileno=fd)
@@ -363,9 +408,12 @@ async def serve_proxy_channel(worker: "Worker", fd: int, record: dict) -> None:
             conn.close()
         worker.check_idle()
 
-    transport = ProxyTransport(record.get("peer", "rdma"), on_message, on_lost)
+    transport = ProxyTransport(record.get("peer", "rdma"), on_message, on_lost, start_paused=paused)
+    if setup is not None:
+        transport.set_up(setup)
     conn = SmbConnection(server, transport)
     holder["conn"] = conn
     server.connections.add(conn)
     await asyncio.get_running_loop().connect_accepted_socket(lambda: transport, sock)
     log.info("%s: SMB Direct channel", transport.peer)
+    return conn

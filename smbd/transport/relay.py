@@ -166,6 +166,10 @@ class FrameDecoder:
         self.max_frame = max_frame
         self._buf = bytearray()
 
+    def pending(self) -> bytes:
+        """Bytes of frames not yet whole."""
+        return bytes(self._buf)
+
     def feed(self, data: bytes) -> list[Frame]:
         self._buf += data
         out = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
+import os
 import socket
 import struct
 import termios
@@ -29,8 +30,9 @@ class TcpTransport(asyncio.BufferedProtocol):
     max_message = None  # direct TCP carries any message up to MaxTransactSize
 
     def __init__(self, peer: str, max_message: int, on_message: Callable[[bytes], None],
-                 on_lost: Callable[[], None]):
+                 on_lost: Callable[[], None], start_paused: bool = False):
         self.peer = peer
+        self._start_paused = start_paused  # a moved channel reads once its state is back
         self._frames = FrameBuffer(max_message)
         self._on_message = on_message
         self._on_lost = on_lost
@@ -49,6 +51,8 @@ class TcpTransport(asyncio.BufferedProtocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         transport.set_write_buffer_limits(high=4 * 1024 * 1024)  # type: ignore[attr-defined]
+        if self._start_paused:
+            transport.pause_reading()  # type: ignore[attr-defined]
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._frames.get_buffer()
@@ -130,6 +134,17 @@ class TcpTransport(asyncio.BufferedProtocol):
     def resume_reading(self) -> None:
         if self._transport is not None and not self._closed:
             self._transport.resume_reading()
+
+    def detach(self) -> tuple[int, bytes]:
+        """Stop reading; a duplicate of the socket and the bytes read but not delivered yet,
+        for another worker to go on with the connection (smbd.server.channel_move). A
+        ``close`` afterwards only drops our descriptor: no FIN, the other one keeps it."""
+        if self._closed or self._sock is None or self._transport is None:
+            raise ConnectionResetError("connection closed")
+        if self._transport.get_write_buffer_size():
+            raise BlockingIOError("responses still being written")
+        self._transport.pause_reading()
+        return os.dup(self._sock.fileno()), self._frames.pending()
 
     def close(self) -> None:
         if self._transport is not None and not self._closed:

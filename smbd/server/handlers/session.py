@@ -32,6 +32,7 @@ from smbd.wire.session import (SESSION_FLAG_BINDING, SessionFlags, SessionSetupR
                                ShareType, TreeConnectRequest, empty_response, parse_empty, session_setup_response,
                                tree_connect_response)
 
+from .. import channel_move
 from ..config import EncryptPolicy
 from ..objects import Channel, Session, SessionState, TreeConnect
 from ..state import SessionRecord
@@ -85,6 +86,8 @@ async def handle_session_setup(req: "Request") -> bytes:
     binding = bool(setup.flags & SESSION_FLAG_BINDING)
     if binding:
         session = _check_bind(req, sid)
+        if isinstance(session, SessionRecord):  # checked against its record: go to its worker
+            await channel_move.move_to(req, session.pid)
     elif sid == 0:
         session = Session(server.new_session_id(), conn.dialect, client_guid=conn.client_guid)
         server.sessions[session.session_id] = session
@@ -179,12 +182,14 @@ def _verify(req: "Request", signer: Signer) -> bool:
     return ok
 
 
-def _check_bind(req: "Request", sid: int) -> Session:
+def _check_bind(req: "Request", sid: int) -> Session | SessionRecord:
     """The checks for binding this connection to a session, in the order Windows and
     Samba apply them (3.3.5.5.2; smbtorture smb2.session.bind_negative_*).
 
     The session may live in another worker (another or no ClientGUID): it is then
-    looked up in the global table, refused, and the refusal signed with its key."""
+    checked against its record in the global table, which is returned, and the
+    connection moves there (smbd.server.channel_move); a refusal is signed with the
+    session's key."""
     conn, server = req.conn, req.server
     if sid == 0:
         raise SmbError(NtStatus.INVALID_PARAMETER, "binding without a SessionId")
@@ -218,9 +223,10 @@ def _check_bind(req: "Request", sid: int) -> Session:
         raise SmbError(NtStatus.INVALID_PARAMETER, "binding from another dialect")
     if info.cipher != conn.cipher:
         raise SmbError(NtStatus.INVALID_PARAMETER, "binding with another cipher")
-    if session is None:
-        # Opens and trees live in the session's own worker: a channel cannot join it here.
-        raise SmbError(NtStatus.REQUEST_NOT_ACCEPTED, "session belongs to another worker")
+    if remote is not None:
+        if remote.is_guest or remote.is_anonymous:
+            raise SmbError(NtStatus.NOT_SUPPORTED, "guest and anonymous sessions cannot bind")
+        return remote  # opens and trees live in the session's own worker: the channel goes there
     if session.is_guest or session.is_anonymous:
         raise SmbError(NtStatus.NOT_SUPPORTED, "guest and anonymous sessions cannot bind")
     if len(session.channels) >= MAX_CHANNELS:
