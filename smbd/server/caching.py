@@ -234,6 +234,7 @@ async def _serve_open(server: "ServerState", body: dict) -> tuple[dict, list[int
     waits += server.leases.break_for_remote_open(file_key, truncating, body.get("client_guid"), lease_key,
                                                  stat or handles_only)
     await _wait_events(waits)
+    await server.closes_finished(file_key)  # a client that closes on the break: its share mode goes too
     publish(server, file_key)
     return {}, []
 

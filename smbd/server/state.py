@@ -159,6 +159,7 @@ class ServerState:
         self.messenger = None  # smbd.server.messaging.Messenger, in a worker of smbdd
         # What of this worker's caching the store's ``caching`` table says (smbd.server.caching).
         self.caching_published: dict[int, dict] = {}
+        self._closing: dict[int, list[asyncio.Event]] = {}  # file key -> CLOSEs in flight
         self.oplocks.on_change = self.caching_changed
 
     def caching_changed(self, file_key: int | None) -> None:
@@ -209,6 +210,33 @@ class ServerState:
                 self._opens_by_file[key] = left
             if key in self.caching_published:
                 self.caching_changed(key)
+
+    # ---- CLOSEs in flight ----------------------------------------------------------------
+    # A CLOSE drops the Open's oplock or lease on the loop first (an opener may be waiting for
+    # exactly that) and closes the descriptor, which holds the share-mode lock, on an I/O
+    # thread after. An opener that broke the oplock must not look at the share modes in
+    # between, or it meets the lock of an Open that is already going (smbtorture
+    # smb2.bench.oplock1, a client that closes on every break).
+
+    def close_begins(self, key: int | None) -> asyncio.Event:
+        done = asyncio.Event()
+        if key is not None:
+            self._closing.setdefault(key, []).append(done)
+        return done
+
+    def close_ends(self, key: int | None, done: asyncio.Event) -> None:
+        done.set()
+        waiting = self._closing.get(key)
+        if waiting is not None:
+            waiting.remove(done)
+            if not waiting:
+                del self._closing[key]
+
+    async def closes_finished(self, key: int | None, timeout: float = 5.0) -> None:
+        """Wait for the CLOSEs of the file now in flight in this worker (bounded)."""
+        events = list(self._closing.get(key, ())) if key is not None else []
+        if events:
+            await asyncio.wait([asyncio.ensure_future(e.wait()) for e in events], timeout=timeout)
 
     def last_open_of(self, key: int | None) -> bool:
         """True once no other Open of the file is left in this worker (called after unregister)."""

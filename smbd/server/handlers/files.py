@@ -241,6 +241,7 @@ async def _open_after_breaks(req: "Request", create: CreateRequest, parsed: "Str
             await caching.prepare_open(req, existing.file_id, access=access, share=create.share_access,
                                        truncating=truncating, stat=is_stat_open(access) and not truncating,
                                        lease_key=own_key)
+            await server.closes_finished(existing.file_id)  # a client closing on the break
     while True:
         try:
             try:
@@ -477,19 +478,23 @@ async def handle_close(req: "Request") -> bytes:
     close = fileio.CloseRequest.parse(req.msg)
     op = req.open_for(close.file_id)
     server = req.server
-    # Drop the lease here, on the loop: an opener blocked on it holds an I/O thread, and
-    # closing instead of acknowledging a break must free it even if all of them are busy.
-    server.oplocks.forget(op)
-    if op.lease is not None:
-        lease_manager(server).forget(op)
-    if close.flags & fileio.CLOSE_FLAG_POSTQUERY_ATTRIB and op.pipe is None:
-        info = await server.io(streams.info_of, op)
+    done = server.close_begins(op.file_key)  # see ServerState.close_begins
+    try:
+        # Drop the lease here, on the loop: an opener blocked on it holds an I/O thread, and
+        # closing instead of acknowledging a break must free it even if all of them are busy.
+        server.oplocks.forget(op)
+        if op.lease is not None:
+            lease_manager(server).forget(op)
+        if close.flags & fileio.CLOSE_FLAG_POSTQUERY_ATTRIB and op.pipe is None:
+            info = await server.io(streams.info_of, op)
+            await server.io(close_open, server, op)
+            return fileio.close_response(fileio.CLOSE_FLAG_POSTQUERY_ATTRIB,
+                                         (info.creation_time, info.last_access_time, info.last_write_time,
+                                          info.change_time), info.allocation_size, info.size, info.attributes)
         await server.io(close_open, server, op)
-        return fileio.close_response(fileio.CLOSE_FLAG_POSTQUERY_ATTRIB,
-                                     (info.creation_time, info.last_access_time, info.last_write_time,
-                                      info.change_time), info.allocation_size, info.size, info.attributes)
-    await server.io(close_open, server, op)
-    return fileio.close_response(0)
+        return fileio.close_response(0)
+    finally:
+        server.close_ends(op.file_key, done)
 
 
 async def handle_flush(req: "Request") -> bytes:
