@@ -12,9 +12,14 @@ log() { printf '[vm-setup] %s\n' "$*" >&2; }
 modprobe -a rdma_rxe rdma_ucm ib_uverbs
 ip link set lo up
 if ! ip link show veth0 >/dev/null 2>&1; then
-    ip link add veth0 type veth peer name veth1
+    # Four queues each: the server reports the interfaces RSS-capable (as ksmbd decides it), and
+    # only then does cifs.ko open several channels (multichannel) to one address.
+    ip link add veth0 numtxqueues 4 numrxqueues 4 type veth peer name veth1 numtxqueues 4 numrxqueues 4
 fi
 ip addr replace 10.77.0.1/24 dev veth0
+# A second local address with no RDMA behind it, for TCP multichannel: cifs.ko never mixes RDMA
+# and TCP interfaces in one session. /32: no second route to the lab's /24.
+ip addr replace 10.77.0.2/32 dev veth1
 ip link set veth0 up
 ip link set veth1 up
 # rxe in 6.1 is not netns-aware: server and client both use rxe0 in the root namespace and the

@@ -20,6 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER = "10.77.0.1"
+TCP_ONLY = "10.77.0.2"  # veth1's address: no RDMA there (deploy/lab/vm-setup.sh)
 USER, PASSWORD = "labuser", "lab-pass-1"
 CLOSED = re.compile(r"\('10\.77\.0\.1', (\d+)\): SMB Direct connection closed(?: \((.*?)\))?: (\d+) messages in, "
                     r"(\d+) out, RDMA reads (\d+), RDMA writes (\d+) \((\d+) bytes\), sends with invalidate (\d+)")
@@ -44,16 +45,27 @@ def run(*cmd: str, timeout: float = 300, check: bool = True) -> subprocess.Compl
 
 
 class LabServer:
-    def __init__(self, root: Path):
+    """smbdd in the VM: the share ``data`` at root/share, TCP on 127.0.0.1 and on veth1's
+    TCP-only address (vm-setup.sh), SMB Direct on rxe0 unless ``rdma`` is False."""
+
+    def __init__(self, root: Path, *extra: str, rdma: bool = True, port: int = 4455, name: str = "smbdd-rdma"):
         self.share = root / "share"
         self.share.mkdir(parents=True, exist_ok=True)
-        self.log_path = Path(os.environ.get("LAB_OUT", root)) / "smbdd-rdma.log"
+        self.port = port
+        self.log_path = Path(os.environ.get("LAB_OUT", root)) / f"{name}.log"
+        self.command = [sys.executable, "-m", "smbdd.cli", "--share", f"data={self.share}",
+                        "--user", f"{USER}:{PASSWORD}", "--listen", "127.0.0.1", "--listen", TCP_ONLY,
+                        "--port", str(port), "--spare-workers", "2",
+                        *(["--device", "rxe0"] if rdma else ["--no-rdma"]), *extra]
+        self.rdma = rdma
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "smbdd.cli", "--share", f"data={self.share}", "--user", f"{USER}:{PASSWORD}",
-             "--listen", "127.0.0.1", "--port", "4455", "--device", "rxe0", "--spare-workers", "2"],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
-        self.wait_for(lambda log: "SMB Direct on rxe0" in log, 240, "smbdd to listen on rxe0")
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
+        mark = "SMB Direct on rxe0" if self.rdma else "smbdd: serving"
+        before = self.log().count(mark)
+        self.wait_for(lambda log: log.count(mark) > before, 240, f"smbdd to log {mark!r}")
 
     def log(self) -> str:
         self._log.flush()
