@@ -23,6 +23,9 @@ GLOBAL_CAP_PERSISTENT_HANDLES = 0x10
 SHARE_CAP_CONTINUOUS_AVAILABILITY = 0x10
 STATUS_LOCK_NOT_GRANTED = 0xC0000055
 STATUS_OBJECT_NAME_NOT_FOUND = 0xC0000034
+STATUS_SHARING_VIOLATION = 0xC0000043
+FILE_READ_ATTRIBUTES = 0x80
+FILE_OVERWRITE_IF = 5
 
 
 def test_records_of_an_earlier_run_wait_for_their_timeout_then_go():
@@ -136,6 +139,47 @@ def test_persistent_handle_survives_its_worker_and_smbdd(tmp_path):
         # Closed for good: nothing left to reconnect to.
         _, r = _reconnect(srv, fid, cguid)
         assert r.status == STATUS_OBJECT_NAME_NOT_FOUND
+    finally:
+        srv.stop()
+
+
+@pytest.mark.peer
+def test_orphaned_persistent_handle_keeps_its_share_mode(tmp_path):
+    """Between the crash and the reconnect no descriptor holds the Open's share mode: the
+    record does, for every other open (a stat open excepted, as always), and not for the
+    reconnect itself. After its CLOSE the file is free."""
+    srv = CaServer(tmp_path, tmp_path / "state")
+    try:
+        a = _client(srv)
+        cguid = uuid.uuid4()
+        r = a.call(c.CREATE, c.create_body("held.dat", access=c.READ_WRITE_ACCESS, disposition=c.FILE_OPEN_IF,
+                                           share=0, contexts=_dh2q(cguid)))
+        assert r.status == 0
+        fid = r.file_id
+        assert a.call(c.WRITE, c.write_body(fid, b"mine")).status == 0
+        worker = srv.worker_pids()[-1]
+        os.kill(worker, signal.SIGKILL)
+        assert wait_until(lambda: not alive(worker), 10)
+
+        other = _client(srv)
+        for access in (c.READ_ACCESS, c.READ_WRITE_ACCESS):
+            r = other.call(c.CREATE, c.create_body("held.dat", access=access))
+            assert r.status == STATUS_SHARING_VIOLATION, hex(r.status)
+        stat = other.call(c.CREATE, c.create_body("held.dat", access=FILE_READ_ATTRIBUTES))
+        assert stat.status == 0
+        assert other.call(c.CLOSE, c.close_body(stat.file_id)).status == 0
+        # Overwriting is refused before anything is truncated.
+        r = other.call(c.CREATE, c.create_body("held.dat", access=c.READ_WRITE_ACCESS, disposition=FILE_OVERWRITE_IF))
+        assert r.status == STATUS_SHARING_VIOLATION
+        assert (srv.share.parent / "ca" / "held.dat").read_bytes() == b"mine"
+
+        b, r = _reconnect(srv, fid, cguid)
+        assert r.status == 0, hex(r.status)
+        fid_b = r.file_id
+        assert other.call(c.CREATE, c.create_body("held.dat", access=c.READ_ACCESS)).status == STATUS_SHARING_VIOLATION
+        assert b.call(c.CLOSE, c.close_body(fid_b)).status == 0
+        r = other.call(c.CREATE, c.create_body("held.dat", access=c.READ_WRITE_ACCESS))
+        assert r.status == 0, hex(r.status)
     finally:
         srv.stop()
 

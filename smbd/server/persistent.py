@@ -12,9 +12,9 @@ kernel's page cache, which a process crash does not lose (a WRITE_THROUGH one is
 
 While nobody holds it, the record waits for its timeout: smbdd stamps the records of a
 worker that died, and all records when it starts, with when they expire, and deletes the
-expired ones (``orphan``, ``expire``). What is not done yet: between the crash and the
-reconnect no descriptor holds the share mode, so another client's open is not refused in
-that window as Windows would refuse it.
+expired ones (``orphan``, ``expire``). Meanwhile no descriptor holds its share mode, so
+every open of the file checks the orphaned records itself (``orphan_conflicts``) and is
+refused as the Open's descriptor would refuse it, as Windows refuses it.
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 
 from smbd.store import StateStore, pid_alive
 from smbd.wire.create import CreateRequest, Disposition, OplockLevel
+
+from . import sharemode
 
 if TYPE_CHECKING:
     from .connection import Request
@@ -93,6 +95,28 @@ def orphaned_record(store: StateStore, persistent_id: int, now: float | None = N
     return record
 
 
+def orphan_conflicts(server: "ServerState", file_key: int, access: int, share: int,
+                     restoring: int | None = None) -> bool:
+    """Whether an Open no worker holds (its client has yet to reconnect) conflicts with an open
+    of the file's unnamed stream, as its share mode would (``sharemode.would_conflict``).
+    ``restoring``: the PersistentFileId being reopened from its own record, which does not count.
+    Only servers with a continuously available share have such records to read."""
+    if not any(s.continuous_availability for s in server.config.shares):
+        return False
+    now = time.time()
+    for _key, record in server.persistent_store.items(TABLE):
+        state = record.get("state") or {}
+        if state.get("file_key") != file_key or state.get("stream") or state.get("persistent_id") == restoring:
+            continue
+        if record.get("pid") is not None and pid_alive(record["pid"]):
+            continue  # held by a live worker: its descriptor's share-mode lock speaks for it
+        if record.get("expires") is not None and record["expires"] < now:
+            continue
+        if sharemode.would_conflict(access, share, state["granted_access"], state["share_access"]):
+            return True
+    return False
+
+
 # ---- smbdd's side: records of dead workers and of an earlier run -----------------------------
 
 def orphan(store: StateStore, pid: int | None, now: float) -> int:
@@ -129,7 +153,7 @@ async def restore(req: "Request", record: dict) -> "Open":
     name = "\\".join(state["components"]) + (f":{state['stream']}" if state["stream"] else "")
     create = CreateRequest(OplockLevel.NONE, 2, state["granted_access"], 0, state["share_access"],
                            Disposition.OPEN, state["create_options"], name, {})
-    op = await open_for_restore(req, create)
+    op = await open_for_restore(req, create, state["persistent_id"])
     server.unregister_open(op)
     op.persistent_id = state["persistent_id"]  # the FileId the client knows
     try:

@@ -142,12 +142,12 @@ async def _create_new(req: "Request", create: CreateRequest, dh2q) -> bytes:
                           info.attributes, op.open.file_id, encode_contexts(contexts) if contexts else b"").pack()
 
 
-async def open_for_restore(req: "Request", create: CreateRequest) -> Open:
+async def open_for_restore(req: "Request", create: CreateRequest, restoring: int) -> Open:
     """The file of a persistent Open again (smbd.server.persistent): the Open it was, as a
     plain open of the existing file with the access already granted then; breaks and share
     modes apply as to any open."""
     parsed = req.tree.vfs.parse_stream_name(create.name)
-    return (await _open_after_breaks(req, create, parsed, create.desired_access, ())).open
+    return (await _open_after_breaks(req, create, parsed, create.desired_access, (), restoring=restoring)).open
 
 
 def _lease_request(req: "Request", create: CreateRequest) -> LeaseRequest | None:
@@ -210,7 +210,7 @@ async def _answer_existing(req: "Request", op: Open, contexts: list, oplock: int
 
 async def _open_after_breaks(req: "Request", create: CreateRequest, parsed: "StreamName",
                              access: int, eas: tuple[FullEa, ...],
-                             lease_request: LeaseRequest | None = None) -> "_Opened":
+                             lease_request: LeaseRequest | None = None, restoring: int | None = None) -> "_Opened":
     """Open, and while an oplock break holds the file (3.3.4.6), wait and try again.
 
     The wait is on the event loop, not on an I/O thread: the break's acknowledgment (or
@@ -245,7 +245,7 @@ async def _open_after_breaks(req: "Request", create: CreateRequest, parsed: "Str
     while True:
         try:
             try:
-                return await server.io(_open_file, server, req, create, parsed, access, eas)
+                return await server.io(_open_file, server, req, create, parsed, access, eas, restoring)
             finally:
                 leases.restore_released()
         except _LeaseBreakPending:
@@ -290,7 +290,7 @@ class _Opened:
 
 
 def _open_file(server: "ServerState", req: "Request", create: CreateRequest, parsed: "StreamName",
-               access: int, eas: tuple[FullEa, ...] = ()) -> _Opened:
+               access: int, eas: tuple[FullEa, ...] = (), restoring: int | None = None) -> _Opened:
     """The blocking part of CREATE, on an I/O thread: look up, check, open, share-mode.
 
     Another worker (another client) may create the name between our lookup and our
@@ -306,16 +306,17 @@ def _open_file(server: "ServerState", req: "Request", create: CreateRequest, par
             raise
     components = parsed.components
     try:
-        return _open_once(server, req, create, components, access, eas, parsed.default_spelled)
+        return _open_once(server, req, create, components, access, eas, parsed.default_spelled, restoring)
     except SmbError as e:
         if e.status != NtStatus.OBJECT_NAME_COLLISION or create.disposition not in (
                 Disposition.OPEN_IF, Disposition.OVERWRITE_IF, Disposition.SUPERSEDE):
             raise
-    return _open_once(server, req, create, components, access, eas, parsed.default_spelled)
+    return _open_once(server, req, create, components, access, eas, parsed.default_spelled, restoring)
 
 
 def _open_once(server: "ServerState", req: "Request", create: CreateRequest, components: tuple[str, ...],
-               access: int, eas: tuple[FullEa, ...], default_spelled: bool = False) -> _Opened:
+               access: int, eas: tuple[FullEa, ...], default_spelled: bool = False,
+               restoring: int | None = None) -> _Opened:
     tree = req.tree
     vfs = tree.vfs
     opts = create.options
@@ -392,6 +393,9 @@ def _open_once(server: "ServerState", req: "Request", create: CreateRequest, com
             if e.status == NtStatus.SHARING_VIOLATION and existing is not None:
                 raise sharemode.SharingViolation(existing.file_id) from e
             raise
+        if existing is not None and persistent.orphan_conflicts(server, existing.file_id, access,
+                                                                create.share_access, restoring):
+            raise SmbError(NtStatus.SHARING_VIOLATION, "a persistent handle waiting for its client")
         if truncate:  # only now: an open refused by the DACL or a share mode keeps the data
             vfs.truncate(fd, 0)
             vfs.streams.remove_all(fd)  # overwritten or superseded: only the unnamed stream stays
