@@ -23,6 +23,7 @@ from shm.pool import BufferPool
 from smbd.auth.ntlm import nt_hash
 from smbd.server.config import ServerConfig, ShareConfig, UserEntry
 from smbd.server import channel_move
+from smbd.status import ProtocolViolation
 from smbd.server.state import ServerState
 from smbd.transport import relay
 from smbd.transport.proxy import KEEP_IDLE_SLOTS, serve_proxy_channel
@@ -359,3 +360,48 @@ def test_relay_channel_does_not_move_with_rdma_in_flight(relay_channel):
     assert asyncio.run_coroutine_threadsafe(try_detach(), proxy.loop).result(10) == "RDMA I/O in progress"
     proxy.sock.sendall(relay.rdma_done(relay.PROXY_REQUEST_ID | 9, 0, 4096))
     assert proxy.recv_final().status == c.STATUS_SUCCESS
+
+
+def test_tracked_message_counts_as_delivered_only_once_the_proxy_reports_it_sent(relay_channel):
+    """A break over SMB Direct (smbd.server.break_delivery): the worker sends it TRACKED and
+    counts it delivered when the proxy's SENT comes, i.e. the send completion of its last
+    fragment. With no SENT, deliver gives up after the RC budget and closes the channel."""
+    from smbd.server import break_delivery
+
+    proxy, _, server = relay_channel
+    conn = next(iter(server.connections))
+    notice = c.header(0x12, 0xFFFFFFFFFFFFFFFF) + b"\x18\x00" + b"\x00" * 22  # OPLOCK_BREAK (2.2.23.1)
+    clock = [0.0]
+
+    async def sleep(seconds):
+        clock[0] += seconds
+        await asyncio.sleep(0.01)
+
+    def deliver():
+        coro = break_delivery.deliver(lambda: [conn], notice, None, False, "test",
+                                      clock=lambda: clock[0], sleep=sleep)
+        return asyncio.run_coroutine_threadsafe(coro, proxy.loop)
+
+    answer = deliver()
+    fr = proxy._next_frame()
+    assert fr.type == relay.FrameType.MESSAGE and fr.flags & relay.FLAG_TRACKED
+    assert fr.message()[0] == notice
+    assert conn.transport.delivered() == conn.transport.written - len(notice)  # not yet
+    proxy.sock.sendall(relay.sent(fr.tracked()))
+    assert answer.result(10) is True
+    assert conn.transport.delivered() == conn.transport.written
+
+    answer = deliver()
+    fr = proxy._next_frame()  # never reported SENT: the client's NIC never acknowledged it
+    assert answer.result(10) is False
+    assert clock[0] >= 6 * conn.transport.retransmit_timeout()
+    assert conn.closed
+
+
+def test_a_message_frame_is_either_invalidating_or_tracked():
+    both = relay.frame(relay.FrameType.MESSAGE, 8, relay.FLAG_INVALIDATE | relay.FLAG_TRACKED) + b"\x01\0\0\0SMB2"
+    (fr,) = relay.FrameDecoder().feed(both)
+    with pytest.raises(ProtocolViolation):
+        fr.message()
+    (fr,) = relay.FrameDecoder().feed(relay.tracked_message(4, 9) + b"SMB2")
+    assert fr.message() == (b"SMB2", None) and fr.tracked() == 9

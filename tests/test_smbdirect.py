@@ -696,3 +696,16 @@ def test_pair_roundtrip_property(to_server, to_client, server_posted, client_rec
     assert got == to_server
     assert client.inbox == to_client
     assert server.receive_credits <= server.posted_receives
+
+
+def test_tag_rides_on_the_last_fragment_only():
+    """A tracked message (an oplock break) is known to have arrived when its last fragment's
+    send completes: only that PostSend carries the tag."""
+    conn, _ = negotiated()
+    conn.receive(grant(50), 1.0)
+    conn.receive_reposted(1)
+    conn.send_message(b"a" * 100)
+    conn.send_message(b"x" * 3000, tag=7)         # 3 fragments
+    sends = [e for e in conn.events() if isinstance(e, PostSend)]
+    assert [e.tag for e in sends] == [None, None, None, 7]
+    assert decode(sends[-1])[0].remaining_data_length == 0

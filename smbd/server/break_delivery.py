@@ -4,15 +4,17 @@ connection of the client).
 
 A break written to a socket is not yet a break the client has. So, as Samba does since
 4.13, each break waits for its bytes to be acknowledged by the peer's transport: for TCP,
-until the kernel's send queue (SIOCOUTQ) has drained past the break's last byte. If that
-has not happened after six retransmission timeouts, the channel is taken for dead: it is
-closed and the same break goes out on the next channel not yet tried. Without another
-channel the break is simply left to the 35 s acknowledgment timer, as before.
+until the kernel's send queue (SIOCOUTQ) has drained past the break's last byte; for SMB
+Direct, until the proxy reports the send completion of the break's last fragment (relay
+SENT, smbd.transport.proxy.send_tracked). If that has not happened after six
+retransmission timeouts, the channel is taken for dead: it is closed and the same break
+goes out on the next channel not yet tried. Without another channel the break is simply
+left to the 35 s acknowledgment timer, as before.
 
 The decision (``TransportAck``) is pure and takes the time and the byte counts as
 arguments; ``deliver`` is the I/O around it. A transport that cannot tell what its peer
-acknowledged (``delivered()`` gives None: the SMB Direct relay today) counts as
-acknowledged at once, the way Samba treats a kernel without SIOCOUTQ.
+acknowledged (``delivered()`` gives None) counts as acknowledged at once, the way Samba
+treats a kernel without SIOCOUTQ.
 
 Test-only: smbtorture's FSCTL_SMBTORTURE_FORCE_UNACKED_TIMEOUT (smbd.server.handlers.ioctl,
 behind the ``smbtorture_fsctl`` option) sets ``SmbConnection.force_unacked``, and then nothing

@@ -553,8 +553,10 @@ class SmbConnection:
         if (encrypt and session is not None and self.dialect >= 0x0300 and session.keys is not None
                 and session.keys.encrypting and self.cipher):
             parts = [crypto.encrypt_message(self.cipher, session.keys.encrypting, session.session_id, message)]
+        # SMB Direct: the proxy confirms the break's sending (smbd.server.break_delivery).
+        send = getattr(self.transport, "send_tracked", None) or self.transport.send
         async with self.send_lock:
-            await self.transport.send(parts)
+            await send(parts)
 
     def _cancel(self, hdr: Header) -> None:
         """CANCEL (3.3.5.16): find the pending request by AsyncId or MessageId; no response."""

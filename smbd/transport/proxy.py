@@ -60,6 +60,11 @@ class ProxyTransport(asyncio.Protocol):
         self._setup = asyncio.get_running_loop().create_future()
         self._held: list = []  # frames that ride along with the next write (write_with_next)
         self.setup_info: dict | None = None  # the proxy's SETUP, kept for a move (detach)
+        # Breaks sent with send_tracked (smbd.server.break_delivery): bytes written that way,
+        # and those the proxy has not reported SENT yet, by tag.
+        self.written = 0
+        self._unsent: dict[int, int] = {}
+        self._tags = itertools.count(1)
 
     def connection_made(self, transport) -> None:
         self._transport = transport
@@ -82,6 +87,8 @@ class ProxyTransport(asyncio.Protocol):
     def _frame(self, fr: relay.Frame) -> None:
         if fr.type == relay.FrameType.SETUP:
             self.set_up(fr.json())
+        elif fr.type == relay.FrameType.SENT:
+            self._unsent.pop(fr.u32(), None)
         elif fr.type == relay.FrameType.MESSAGE:
             smb2, _token = fr.message()
             prefetch = fr.prefetch()
@@ -165,6 +172,27 @@ class ProxyTransport(asyncio.Protocol):
         self.write([relay.message(size, invalidate_token), *parts])
         await self._can_write.wait()
 
+    async def send_tracked(self, parts: list) -> None:
+        """Send a message whose arrival at the client's NIC the proxy confirms (relay SENT)."""
+        if self._closed or self._transport is None:
+            raise ConnectionResetError("relay closed")
+        tag = next(self._tags) & 0xFFFFFFFF
+        size = sum(len(p) for p in parts)
+        self._unsent[tag] = size
+        self.written += size
+        self.write([relay.tracked_message(size, tag), *parts])
+        await self._can_write.wait()
+
+    def delivered(self) -> int | None:
+        """Bytes of ``written`` the client has (break_delivery); 0 once closed."""
+        if self._closed:
+            return 0
+        return self.written - sum(self._unsent.values())
+
+    def retransmit_timeout(self) -> float:
+        """break_delivery waits six of these (its TCP rule) for a tracked send: RC_GIVE_UP."""
+        return RC_GIVE_UP / 6
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -175,6 +203,10 @@ class ProxyTransport(asyncio.Protocol):
             self._transport.close()
 
 
+# Seconds before a tracked send with no completion counts as lost: the RC QP itself gives
+# up after about 0.5 s (rdma_cm's default local ACK timeout, IB 14 = 67 ms, times 7
+# retries); four times that leaves room for the proxy's hop and the lab VM's emulation.
+RC_GIVE_UP = 2.0
 KEEP_IDLE_SLOTS = 4  # slots kept between I/Os: one per request of a queue-depth-4 stream
 RECLAIM_QUIET = 1.0  # seconds after a RECLAIM during which no slot is kept idle
 MAX_DESCRIPTORS = 255  # the proxy posts one work request per descriptor and caps them there

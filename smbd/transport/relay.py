@@ -22,6 +22,11 @@ Frame: type u8, flags u8, reserved u16, length u32, then ``length`` bytes.
   RDMA_READ  worker->proxy  same layout: fill the slot from the client's buffers (a WRITE)
   RDMA_DONE  proxy->worker  u32 id, i32 status (0 or -errno), u32 bytes moved
   RECLAIM    proxy->worker  no payload: the pool ran dry, give back the slots kept idle
+  SENT       proxy->worker  u32 tag: the MESSAGE sent with flag TRACKED and that tag (a u32
+                            before the SMB2 bytes) has left in full: the send completion of
+                            its last fragment came, so the client's RDMA NIC acknowledged it
+                            (reliable connection). Only oplock and lease breaks ask for it
+                            (smbd.server.break_delivery); nothing else pays for the frame.
 
 Slots a worker receives stay its own until it RELEASEs them, so it may keep a few idle
 for its next I/O (one ALLOC round trip fewer each); RECLAIM takes them back for
@@ -49,6 +54,7 @@ _DESC = struct.Struct("<QII")  # SMB2_BUFFER_DESCRIPTOR_V1, MS-SMBD 2.2.3.1
 MAX_FRAME = 16 * 1024 * 1024
 FLAG_INVALIDATE = 0x01
 FLAG_PREFETCHED = 0x02
+FLAG_TRACKED = 0x04
 PROXY_REQUEST_ID = 0x80000000  # top bit of the proxy's own request ids
 
 
@@ -62,6 +68,7 @@ class FrameType(enum.IntEnum):
     RDMA_READ = 7
     RDMA_DONE = 8
     RECLAIM = 9
+    SENT = 10
 
 
 def frame(ftype: int, payload_len: int, flags: int = 0) -> bytes:
@@ -73,6 +80,15 @@ def message(smb2_len: int, invalidate_token: int | None = None) -> bytes:
     if invalidate_token is None:
         return frame(FrameType.MESSAGE, smb2_len)
     return frame(FrameType.MESSAGE, smb2_len + 4, FLAG_INVALIDATE) + _U32.pack(invalidate_token)
+
+
+def tracked_message(smb2_len: int, tag: int) -> bytes:
+    """Header for a MESSAGE frame whose complete sending the proxy reports with SENT(tag)."""
+    return frame(FrameType.MESSAGE, smb2_len + 4, FLAG_TRACKED) + _U32.pack(tag)
+
+
+def sent(tag: int) -> bytes:
+    return frame(FrameType.SENT, 4) + _U32.pack(tag)
 
 
 def prefetched_message(smb2_len: int, request_id: int, slot: int) -> bytes:
@@ -119,13 +135,20 @@ class Frame:
 
     def message(self) -> tuple[bytes, int | None]:
         """The SMB2 message and the INVALIDATE token (None without that flag)."""
-        if self.flags & FLAG_INVALIDATE:
+        if self.flags & (FLAG_INVALIDATE | FLAG_TRACKED):
+            if self.flags & FLAG_INVALIDATE and self.flags & FLAG_TRACKED:
+                raise ProtocolViolation("MESSAGE frame both INVALIDATE and TRACKED")
             if len(self.payload) < 4:
                 raise ProtocolViolation("MESSAGE frame too short for its token")
-            return bytes(self.payload[4:]), _U32.unpack_from(self.payload)[0]
+            token = _U32.unpack_from(self.payload)[0]
+            return bytes(self.payload[4:]), token if self.flags & FLAG_INVALIDATE else None
         if self.flags & FLAG_PREFETCHED:
             return bytes(self.payload[_IDS.size:]), None
         return bytes(self.payload), None
+
+    def tracked(self) -> int | None:
+        """The tag of a TRACKED MESSAGE, else None."""
+        return self._unpack(_U32)[0] if self.flags & FLAG_TRACKED else None
 
     def prefetch(self) -> tuple[int, int] | None:
         """(request id, slot) of a PREFETCHED MESSAGE, else None."""

@@ -82,6 +82,8 @@ class ProxyConnection:
         self._recv_mr = self.device.register(ctypes.addressof(self._recv_buf), len(self._recv_buf))
         self._send_mr = self.device.register(ctypes.addressof(self._send_buf), len(self._send_buf))
         self._free_send = deque(range(self.send_count))
+        # Send buffers whose completion finishes a tracked message (relay SENT): idx -> tag.
+        self._send_tags: dict[int, int] = {}
         self._pool_mr = proxy.pool_mr(self.device)
         self._rdma_ops: dict[int, _RdmaOp] = {}
         self._prefetch_ids = itertools.count(1)
@@ -154,6 +156,8 @@ class ProxyConnection:
                         self.sq_outstanding -= 1
                         self._free_send.append(idx)
                         self.core.send_completed(1)
+                        if self._send_tags:
+                            self._tracked_sent(idx)
                     elif kind == KIND_RDMA:
                         self.sq_outstanding -= 1
                         self._rdma_completed(idx)
@@ -193,7 +197,7 @@ class ProxyConnection:
         """Carry out the core's events; True once the connection is closed."""
         for ev in events:
             if isinstance(ev, PostSend):
-                self._post_send(ev.payload, ev.invalidate_rkey)
+                self._post_send(ev.payload, ev.invalidate_rkey, ev.tag)
             elif isinstance(ev, MessageReceived):
                 self.stats["messages_in"] += 1
                 if len(ev.smb2) > 4096:
@@ -227,16 +231,27 @@ class ProxyConnection:
         self.core.timer(self.loop.time())
         self._drive()
 
-    def _post_send(self, payload: bytes, invalidate_rkey: int | None) -> None:
+    def _post_send(self, payload: bytes, invalidate_rkey: int | None, tag: int | None = None) -> None:
         if not self._free_send:
             raise SmbdLocalError("no free send buffer: the core exceeded max_sends_in_flight")
         idx = self._free_send.popleft()
+        if tag is not None:
+            self._send_tags[idx] = tag
         addr = ctypes.addressof(self._send_buf) + idx * self.send_size
         ctypes.memmove(addr, payload, len(payload))
         self._submit(lambda: self.ep.post_send(_wr(KIND_SEND, idx), addr, len(payload), self._send_mr.lkey,
                                                invalidate_rkey=invalidate_rkey))
         if invalidate_rkey is not None:
             self.stats["send_with_invalidate"] += 1
+
+    def _tracked_sent(self, idx: int) -> None:
+        """A tracked message's last fragment completed: on a reliable connection the client's
+        NIC has it, which is what the worker waits for before it counts a break as delivered
+        (smbd.server.break_delivery). A send that fails never gets here: the connection closes."""
+        tag = self._send_tags.pop(idx, None)
+        if tag is not None and self.relay is not None:
+            self.stats["tracked_sent"] += 1
+            self.relay.write(relay.sent(tag))
 
     def _submit(self, post) -> None:
         """Post now if the send queue has room, else when completions free it (in order)."""
@@ -285,7 +300,7 @@ class ProxyConnection:
             smb2, token = fr.message()
             self.stats["messages_out"] += 1
             try:
-                self.core.send_message(smb2, invalidate_token=token)
+                self.core.send_message(smb2, invalidate_token=token, tag=fr.tracked())
             except SmbdLocalError as e:
                 self.close(f"worker message: {e}")
                 return
@@ -406,9 +421,9 @@ class ProxyConnection:
         self.closed = True
         c = self.stats.own
         log.info("%s: SMB Direct connection closed%s: %d messages in, %d out, RDMA reads %d, RDMA writes %d "
-                 "(%d bytes), sends with invalidate %d", self.peer, f" ({reason})" if reason else "",
-                 c["messages_in"], c["messages_out"], c["rdma_reads"], c["rdma_writes"], c["rdma_bytes"],
-                 c["send_with_invalidate"])
+                 "(%d bytes), sends with invalidate %d, tracked sends %d", self.peer,
+                 f" ({reason})" if reason else "", c["messages_in"], c["messages_out"], c["rdma_reads"],
+                 c["rdma_writes"], c["rdma_bytes"], c["send_with_invalidate"], c["tracked_sent"])
         self.core.close()
         if self._timer is not None:
             self._timer.cancel()

@@ -99,12 +99,13 @@ class Keepalive(enum.Enum):
 class _Outgoing:
     """One queued SMB2 message and how much of it is already fragmented out."""
 
-    __slots__ = ("data", "sent", "invalidate_rkey")
+    __slots__ = ("data", "sent", "invalidate_rkey", "tag")
 
-    def __init__(self, data: memoryview, invalidate_rkey: Optional[int]):
+    def __init__(self, data: memoryview, invalidate_rkey: Optional[int], tag: Optional[int] = None):
         self.data = data
         self.sent = 0
         self.invalidate_rkey = invalidate_rkey
+        self.tag = tag
 
 
 class SmbdConnection:
@@ -177,11 +178,14 @@ class SmbdConnection:
             self._close(f"protocol error: {exc}")
             raise
 
-    def send_message(self, smb2: Buffer, *, invalidate_token: int | None = None) -> None:
+    def send_message(self, smb2: Buffer, *, invalidate_token: int | None = None,
+                     tag: int | None = None) -> None:
         """Queue one upper-layer message; it leaves as one or more PostSend fragments.
 
         ``invalidate_token``: the rkey the peer asked us to invalidate with the last
         fragment (SMB2_CHANNEL_RDMA_V1_INVALIDATE, [MS-SMB2] 3.3.5.12/3.3.5.13).
+        ``tag``: carried by the PostSend of the last fragment, so the driver can tell when
+        the whole message has been acknowledged (sends complete in order on one QP).
         """
         if self.state is not State.ESTABLISHED:
             raise SmbdLocalError(f"send_message() in state {self.state.value}")
@@ -194,7 +198,7 @@ class SmbdConnection:
             raise SmbdLocalError(
                 f"message of {len(view)} bytes exceeds the peer's MaxFragmentedSize "
                 f"{self._max_fragmented_send_size}")
-        self._send_queue.append(_Outgoing(view, invalidate_token))
+        self._send_queue.append(_Outgoing(view, invalidate_token, tag))
         self._pump_sends()
 
     def send_completed(self, n: int = 1) -> None:
@@ -412,27 +416,28 @@ class SmbdConnection:
                 flags = SMB_DIRECT_RESPONSE_REQUESTED
                 self._credit_request_outstanding = True
             self._send_immediate = False
+            tag = None
             if has_data:
-                payload, rkey = self._next_fragment(grant, flags)
+                payload, rkey, tag = self._next_fragment(grant, flags)
             else:
                 payload, rkey = build_data_transfer(cfg.send_credit_target, grant, flags, 0), None
-            self._post(payload, rkey)
+            self._post(payload, rkey, tag)
 
-    def _next_fragment(self, grant: int, flags: int) -> tuple[bytes, Optional[int]]:
+    def _next_fragment(self, grant: int, flags: int) -> tuple[bytes, Optional[int], Optional[int]]:
         out = self._send_queue[0]
         room = self._max_send_size - DATA_TRANSFER_DATA_OFFSET
         piece = out.data[out.sent:out.sent + room]
         out.sent += len(piece)
         remaining = len(out.data) - out.sent
-        rkey = None
+        rkey = tag = None
         if not remaining:
             self._send_queue.popleft()
-            rkey = out.invalidate_rkey  # invalidate only with the message's last fragment
-        return build_data_transfer(self.config.send_credit_target, grant, flags, remaining, piece), rkey
+            rkey, tag = out.invalidate_rkey, out.tag  # both ride on the message's last fragment
+        return build_data_transfer(self.config.send_credit_target, grant, flags, remaining, piece), rkey, tag
 
-    def _post(self, payload: bytes, invalidate_rkey: Optional[int] = None) -> None:
+    def _post(self, payload: bytes, invalidate_rkey: Optional[int] = None, tag: Optional[int] = None) -> None:
         self.sends_in_flight += 1
-        self._events.append(PostSend(payload, invalidate_rkey))
+        self._events.append(PostSend(payload, invalidate_rkey, tag))
 
     def _close(self, reason: str) -> None:
         if self.state is State.CLOSED:

@@ -34,11 +34,13 @@ class PostSend:
 
     When ``invalidate_rkey`` is not None, post it as SEND_WITH_INVALIDATE of that rkey
     ([MS-SMBD] 3.1.5.1: the token of the peer's buffer descriptor that the upper layer
-    is done with).  Report its completion with ``send_completed()``.
+    is done with).  Report its completion with ``send_completed()``; a ``tag`` says that this
+    completion means the whole tagged message has been acknowledged by the peer's NIC.
     """
 
     payload: bytes
     invalidate_rkey: Optional[int] = None
+    tag: Optional[int] = None  # the message's ``send_message(tag=)``, on its last fragment only
 
 
 @dataclass(frozen=True, slots=True)

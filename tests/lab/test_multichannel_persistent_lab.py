@@ -43,13 +43,13 @@ def server(tmp_path_factory):
     srv.stop()
 
 
-def mount(server: LabServer, path: Path, address: str, *opts: str) -> None:
+def mount(server: LabServer, path: Path, address: str, *opts: str, cache: str = "none") -> None:
     """Over TCP on the server's port; with ``rdma`` cifs.ko tries rdma_cm's 5445, then 445."""
     path.mkdir(exist_ok=True)
     server.wait_spare()
     port = [] if "rdma" in opts else [f"port={server.port}"]
     options = ",".join([*port, "vers=3.1.1", f"username={USER}", f"password={PASSWORD}",
-                        "cache=none", *opts])
+                        f"cache={cache}", *opts])
     run("mount", "-t", "cifs", f"//{address}/data", str(path), "-o", options, timeout=180)
 
 
@@ -116,6 +116,9 @@ def test_multichannel_256_mib_there_and_back(server, tmp_path, transport, lab_re
         os.unlink(mnt / "big.bin")
     finally:
         run("umount", str(mnt), timeout=120, check=False)
+        # The VM's /tmp is RAM: 512 MiB left here would starve the next tests.
+        for left in (tmp_path / "src", tmp_path / "back", server.share / "big.bin"):
+            left.unlink(missing_ok=True)
     if transport == "rdma":
         # The proxy logs each SMB Direct connection's counters as it closes: the channels of
         # this mount, and the payload moved by RDMA on more than one of them.
@@ -125,6 +128,54 @@ def test_multichannel_256_mib_there_and_back(server, tmp_path, transport, lab_re
         lab_results["multichannel_rdma_bytes_per_channel"] = [c["rdma_bytes"] for c in mine]
         assert sum(1 for c in mine if c["rdma_bytes"] > 0) >= 2, mine
         assert sum(c["rdma_bytes"] for c in mine) >= 2 * BIG, mine
+
+
+def test_lease_break_over_smb_direct_is_confirmed_by_its_send_completion(server, lab_results):
+    """A file held open (with a lease: cache=strict) through an SMB Direct mount, then opened
+    for writing through a TCP mount (another ClientGUID, so another worker): the break goes
+    to the RDMA client as a tracked send, which the proxy confirms from the send completion of
+    its last fragment (relay SENT, smbd.server.break_delivery). Both writers' data lands."""
+    rdma_mnt, tcp_mnt = Path("/tmp/mnt-brk-rdma"), Path("/tmp/mnt-brk-tcp")
+    closed_before = len(server.closed_connections())
+    mount(server, rdma_mnt, SERVER, "rdma", cache="strict")
+    holder = None
+    try:
+        mount(server, tcp_mnt, TCP_ONLY, cache="strict")
+        try:
+            holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(rdma_mnt / "leased.txt")],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert holder.stdout.readline().strip() == "open"
+            with open(tcp_mnt / "leased.txt", "r+") as f:  # breaks the RDMA client's lease
+                f.seek(0, 2)
+                f.write("tcp\n")
+            holder.stdin.write("go\n")
+            holder.stdin.close()
+            assert holder.wait(120) == 0
+            assert (server.share / "leased.txt").read_text() == "rdma\ntcp\nrdma again\n"
+        finally:
+            run("umount", str(tcp_mnt), timeout=120, check=False)
+    finally:
+        if holder is not None and holder.poll() is None:
+            holder.kill()
+        run("umount", str(rdma_mnt), timeout=120, check=False)
+    server.wait_for(lambda _: len(server.closed_connections()) > closed_before, 120, "the RDMA mount to close")
+    tracked = [int(n) for n in re.findall(r"tracked sends (\d+)", server.log())]
+    lab_results["tracked_break_sends"] = sum(tracked)
+    assert sum(tracked) >= 1, server.log()[-3000:]
+    assert "not acknowledged by the transport" not in server.log()
+
+
+# The RDMA side: write, keep the file open (and leased) until told, then append again.
+HOLDER = r"""
+import sys
+with open(sys.argv[1], "w") as f:
+    f.write("rdma\n")
+    f.flush()
+    print("open", flush=True)
+    sys.stdin.readline()
+    f.seek(0, 2)
+    f.write("rdma again\n")
+"""
 
 
 # ---- persistent handles ---------------------------------------------------------------------------
@@ -203,3 +254,4 @@ def test_persistent_handle_survives_kill_9_of_worker_and_of_smbdd(tmp_path, lab_
             writer.kill()
         run("umount", "-f", str(mnt), timeout=120, check=False)
         srv.stop()
+        (root / "ca-share" / "kept.bin").unlink(missing_ok=True)
