@@ -34,7 +34,7 @@ from typing import Callable, Iterator
 Record = dict
 Update = Callable[[Record | None], Record | None]
 
-VOLATILE_TABLES = ("sessions", "opens", "caching")
+VOLATILE_TABLES = ("sessions", "opens", "caching", "delete_pending")
 PERSISTENT_TABLES = ("server", "persistent_opens")  # smbd.server.persistent
 
 

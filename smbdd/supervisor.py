@@ -209,7 +209,7 @@ class Supervisor:
     def _forget_records_of(self, pid: int) -> None:
         """A worker that is gone holds no session and no open any more: whatever it left in
         the store (killed, it withdrew nothing) must not be found by the others."""
-        for table in ("sessions", "opens", "caching"):
+        for table in ("sessions", "opens", "caching", "delete_pending"):
             try:
                 self.store.delete_where(table, lambda r: r.get("pid") == pid)
             except Exception as e:

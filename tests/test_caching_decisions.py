@@ -97,3 +97,29 @@ def test_other_workers_records_are_found_by_what_they_hold():
     assert sorted(caching.holders_elsewhere(server, 3)) == [11, 12]
     assert caching.holders_elsewhere(server, 3, "handle") == [11]
     assert caching.holders_elsewhere(server, 4) == []
+
+
+def test_read_control_is_a_stat_open_for_leases_but_not_for_oplocks():
+    from smbd.server.leases import is_oplock_stat_open, is_stat_open
+
+    assert is_stat_open(STAT) and is_oplock_stat_open(STAT)
+    assert is_stat_open(Access.READ_CONTROL) and not is_oplock_stat_open(Access.READ_CONTROL)
+    assert not is_stat_open(Access.FILE_READ_DATA) and not is_oplock_stat_open(Access.FILE_READ_DATA)
+
+
+def test_delete_pending_set_in_one_worker_is_seen_by_another():
+    """Stream.DeletePending lives in the store for the other workers (smbtorture oplock.doc)."""
+    from smbd.server.config import ServerConfig, ShareConfig
+    from smbd.server.state import DELETE_PENDING_TABLE, ServerState
+
+    shared = MemoryStore()
+    one, two = (ServerState(ServerConfig((ShareConfig("s", "/tmp"),), ())) for _ in range(2))
+    for state in (one, two):
+        state.store, state.messenger = shared, object()
+    one.set_delete_pending(42)
+    assert two.delete_pending(42) and not two.delete_pending(43)
+    assert shared.count(DELETE_PENDING_TABLE) == 1
+    one.clear_delete_pending(42)
+    assert not two.delete_pending(42) and shared.count(DELETE_PENDING_TABLE) == 0
+    for state in (one, two):
+        state.io_pool.shutdown(wait=True)

@@ -583,6 +583,9 @@ def test_durable_v2_lease_reconnects_from_another_worker(server):
     assert ro.status == 0
     olock = struct.pack("<HHIQQQQI4x", 48, 1, 0, *struct.unpack("<QQ", ro.file_id), 0, 5, 0x2 | 0x10)
     assert other.call(LOCK, olock).status == STATUS_LOCK_NOT_GRANTED  # the lock came along
+    # A lock request breaks other keys' R to none, granted or not (MS-FSA 2.1.5.7).
+    brk = lease_break(expect_break(b))
+    assert brk["key"] == key and brk["new"] == 0
     assert b.call(c.CLOSE, c.close_body(new_fid)).status == 0
     assert other.call(LOCK, olock).status == 0  # and went with the close
 

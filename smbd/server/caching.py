@@ -135,7 +135,7 @@ def may_be_cached(server: "ServerState") -> bool:
 # ---- the opener's side ------------------------------------------------------------------------
 
 async def prepare_open(req: "Request", file_key: int, *, access: int, share: int, truncating: bool,
-                       stat: bool, lease_key: bytes | None) -> None:
+                       stat: bool, lease_key: bytes | None, oplock_stat: bool | None = None) -> None:
     """Before open(2) of an existing file: break the oplocks this open conflicts with, here
     and in other workers, and wait for the acknowledgments that are due.
 
@@ -143,19 +143,23 @@ async def prepare_open(req: "Request", file_key: int, *, access: int, share: int
     whose holder may close the handle it kept for caching (Samba and Windows do the same;
     smbtorture smb2.oplock.exclusive1 vs batch: the leases' H is broken after the
     violation, see ``break_handles_elsewhere``). A stat open (attributes only) breaks no
-    caching, but its open(2) would still break a kernel lease: the holders let those go."""
+    caching, but its open(2) would still break a kernel lease: the holders let those go.
+    ``oplock_stat``: whether it is a stat open for oplocks (a narrower mask, see
+    leases.is_oplock_stat_open); ``stat`` if not given."""
     server = req.server
     records = records_elsewhere(server, file_key)
     if not records and not server.oplocks.has_grants:
         return
     writing = bool(access & sharemode.WRITE_BITS) or truncating
-    handles_only = not stat and _violates(server, file_key, access, share, records)
+    oplock_stat = stat if oplock_stat is None else oplock_stat
+    handles_only = not oplock_stat and _violates(server, file_key, access, share, records)
     body = {"file_key": file_key, "truncating": truncating, "writing": writing, "stat": stat,
+            "oplock_stat": oplock_stat,
             "handles_only": handles_only,
             "client_guid": str(req.conn.client_guid), "lease_key": lease_key.hex() if lease_key else None}
     waits: list[asyncio.Future] = [
         asyncio.ensure_future(ev.wait()) for ev in
-        server.oplocks.break_for_open(file_key, truncating=truncating, writing=writing, stat=stat,
+        server.oplocks.break_for_open(file_key, truncating=truncating, writing=writing, stat=oplock_stat,
                                       handles_only=handles_only)]
     for r in records:
         waits.append(asyncio.ensure_future(_ask(server, r["pid"], "caching_open", body)))
@@ -227,9 +231,10 @@ def serve_requests(server: "ServerState") -> None:
 
 async def _serve_open(server: "ServerState", body: dict) -> tuple[dict, list[int]]:
     file_key, truncating, stat = int(body["file_key"]), bool(body["truncating"]), bool(body.get("stat"))
+    oplock_stat = bool(body.get("oplock_stat", stat))
     handles_only = bool(body.get("handles_only"))
     waits = list(server.oplocks.break_for_open(file_key, truncating=truncating, writing=bool(body["writing"]),
-                                               stat=stat, handles_only=handles_only))
+                                               stat=oplock_stat, handles_only=handles_only))
     lease_key = bytes.fromhex(body["lease_key"]) if body.get("lease_key") else None
     waits += server.leases.break_for_remote_open(file_key, truncating, body.get("client_guid"), lease_key,
                                                  stat or handles_only)

@@ -55,10 +55,17 @@ _GRANTABLE = {0, R, R | H, R | W, R | H | W}
 _TRUNCATING = (Disposition.SUPERSEDE, Disposition.OVERWRITE, Disposition.OVERWRITE_IF)
 # Access that makes an open a "stat open" (MS-FSA 2.1.5.1.2): it takes part in no lease conflict.
 _STAT_ACCESS = 0x80 | 0x100 | 0x20000 | 0x100000  # READ/WRITE_ATTRIBUTES, READ_CONTROL, SYNCHRONIZE
+# For oplocks READ_CONTROL is not enough: Windows breaks a batch oplock for it, and Samba
+# keeps the two masks apart too (smbtorture smb2.oplock.statopen1 against smb2.lease.statopen*).
+_OPLOCK_STAT_ACCESS = _STAT_ACCESS & ~0x20000
 
 
 def is_stat_open(access: int) -> bool:
     return not access & ~_STAT_ACCESS
+
+
+def is_oplock_stat_open(access: int) -> bool:
+    return not access & ~_OPLOCK_STAT_ACCESS
 
 
 def grantable(requested: int) -> int:

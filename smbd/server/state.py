@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .handlers import HandlerTable
 
 log = logging.getLogger("smbd.server")
+DELETE_PENDING_TABLE = "delete_pending"  # smbd.store.VOLATILE_TABLES
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,11 +246,25 @@ class ServerState:
     def opens_of(self, key: int) -> list[Open]:
         return [o for o in self.opens.values() if o.file_key == key]
 
+    # Stream.DeletePending (MS-FSA 2.1.1.4): this worker's set, and the store's table for the
+    # other workers (an open in another worker must get DELETE_PENDING too, smbtorture
+    # smb2.oplock.doc); the row's key names the file and the worker that set it.
+
     def delete_pending(self, key: int | None) -> bool:
-        return key in self._delete_pending
+        if key in self._delete_pending:
+            return True
+        if key is None or self.messenger is None:
+            return False  # no other worker to have set it
+        try:
+            return bool(self.store.scan(DELETE_PENDING_TABLE, f"{key}/"))
+        except Exception as e:
+            log.warning("delete-pending records of file %d not read: %s", key, e)
+            return False
 
     def set_delete_pending(self, key: int) -> None:
-        self._delete_pending.add(key)
+        if key not in self._delete_pending:
+            self._delete_pending.add(key)
+            self._publish_delete_pending(key, True)
         # A directory with a pending CHANGE_NOTIFY: the request completes with
         # STATUS_DELETE_PENDING now (smbtorture smb2.notify.rmdir1/2); another worker's
         # watches learn it from inotify when the directory really goes.
@@ -258,7 +273,21 @@ class ServerState:
                 op.notify.directory_deleted()
 
     def clear_delete_pending(self, key: int) -> None:
-        self._delete_pending.discard(key)
+        if key in self._delete_pending:
+            self._delete_pending.discard(key)
+            self._publish_delete_pending(key, False)
+
+    def _publish_delete_pending(self, key: int, pending: bool) -> None:
+        if self.messenger is None:
+            return
+        row = f"{key}/{os.getpid()}"
+        try:
+            if pending:
+                self.store.put(DELETE_PENDING_TABLE, row, {"pid": os.getpid()})
+            else:
+                self.store.delete(DELETE_PENDING_TABLE, row)
+        except Exception as e:  # the store gone: this worker's own opens still see it
+            log.warning("delete-pending record of file %d not written: %s", key, e)
 
     def vfs_for(self, share_name: str) -> "VfsShare":
         """The VFS root of a share, opened once per worker."""

@@ -26,7 +26,7 @@ from smbd.wire.oplock import OplockBreakAck, oplock_break_response
 
 from .. import caching, durable, persistent, sharemode, streams
 from ..objects import Open
-from ..leases import is_stat_open, lease_manager
+from ..leases import is_oplock_stat_open, is_stat_open, lease_manager
 from ..oplocks import BREAK_ACK_TIMEOUT
 
 if TYPE_CHECKING:
@@ -232,6 +232,11 @@ async def _open_after_breaks(req: "Request", create: CreateRequest, parsed: "Str
     truncating = create.disposition in (Disposition.SUPERSEDE, Disposition.OVERWRITE, Disposition.OVERWRITE_IF)
     if parsed.stream is None and caching.may_be_cached(server):
         existing = await server.io(req.tree.vfs.lookup, parsed.components)
+        if existing is not None and create.disposition != Disposition.CREATE and server.delete_pending(
+                existing.file_id):
+            # Before any break: an open that can only fail breaks nobody's caching
+            # (smbtorture smb2.oplock.doc). _open_once checks it again, for the race.
+            raise SmbError(NtStatus.DELETE_PENDING)
         if existing is not None and not existing.is_dir:
             if truncating and leases.active:
                 # Cached writes of this worker's leases must reach the file before it is truncated.
@@ -240,6 +245,7 @@ async def _open_after_breaks(req: "Request", create: CreateRequest, parsed: "Str
             # level Windows would keep (smbd.server.caching); a stat open breaks nothing.
             await caching.prepare_open(req, existing.file_id, access=access, share=create.share_access,
                                        truncating=truncating, stat=is_stat_open(access) and not truncating,
+                                       oplock_stat=is_oplock_stat_open(access) and not truncating,
                                        lease_key=own_key)
             await server.closes_finished(existing.file_id)  # a client closing on the break
     while True:

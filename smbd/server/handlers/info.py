@@ -402,6 +402,12 @@ async def _rename(req: "Request", op: Open, value) -> None:
     if not dst:
         raise SmbError(NtStatus.OBJECT_NAME_INVALID)
     src = op.components
+    parent = await server.io(vfs.lookup, dst[:-1])
+    if parent is not None and any(o.is_dir and o.file_key == parent.file_id and o.granted_access & Access.DELETE
+                                  and not o.closed for o in server.opens.values()):
+        # The target directory is open for DELETE: Windows refuses the rename, and Samba does
+        # for its own process's opens, as here (smbtorture smb2.oplock.batch19, exclusive6).
+        raise SmbError(NtStatus.SHARING_VIOLATION, "the target directory is open for DELETE")
     for other in server.opens.values():
         if other is op or other.tree.vfs is not vfs or other.closed:
             continue

@@ -8,7 +8,7 @@ from smbd.status import NtStatus, SmbError
 from smbd.wire.fileio import LockElement, LockFlags, LockRequest
 from smbd.wire.session import empty_response
 
-from .. import persistent
+from .. import caching, persistent
 from ..durable import lock_done, lock_replayed
 from ..locks import range_valid
 
@@ -57,6 +57,10 @@ async def handle_lock(req: "Request") -> bytes:
     if classify(lock):
         _unlock(req, op, lock.locks)
     else:
+        # MS-FSA 2.1.5.7 with 2.1.4.12 (LOCK_CONTROL): a lock request first breaks every level
+        # II oplock of the file, the locker's own included, and other keys' R, as a write
+        # would, granted or not (smbtorture smb2.oplock.brl1-3).
+        caching.data_changing(req.server, op)
         await _lock(req, op, lock.locks)
     lock_done(op, req.conn, lock.sequence)
     persistent.changed(req.server, op)  # a persistent Open's locks outlive the worker
