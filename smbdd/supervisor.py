@@ -20,7 +20,7 @@ from pathlib import Path
 from smbd.control import recv_record, send_record
 from smbd.server.config import ServerConfig
 from smbd.server import persistent
-from smbd.store import open_persistent, open_volatile
+from smbd.store import VOLATILE_TABLES, open_persistent, open_volatile
 
 log = logging.getLogger("smbdd.supervisor")
 PERSISTENT_SWEEP = 10.0  # seconds between deletions of expired persistent handles
@@ -209,7 +209,7 @@ class Supervisor:
     def _forget_records_of(self, pid: int) -> None:
         """A worker that is gone holds no session and no open any more: whatever it left in
         the store (killed, it withdrew nothing) must not be found by the others."""
-        for table in ("sessions", "opens", "caching", "delete_pending"):
+        for table in VOLATILE_TABLES:  # every volatile record names the worker it is of
             try:
                 self.store.delete_where(table, lambda r: r.get("pid") == pid)
             except Exception as e:

@@ -135,7 +135,7 @@ def may_be_cached(server: "ServerState") -> bool:
 # ---- the opener's side ------------------------------------------------------------------------
 
 async def prepare_open(req: "Request", file_key: int, *, access: int, share: int, truncating: bool,
-                       stat: bool, lease_key: bytes | None, oplock_stat: bool | None = None) -> None:
+                       stat: bool, oplock_stat: bool, lease_key: bytes | None) -> None:
     """Before open(2) of an existing file: break the oplocks this open conflicts with, here
     and in other workers, and wait for the acknowledgments that are due.
 
@@ -145,13 +145,12 @@ async def prepare_open(req: "Request", file_key: int, *, access: int, share: int
     violation, see ``break_handles_elsewhere``). A stat open (attributes only) breaks no
     caching, but its open(2) would still break a kernel lease: the holders let those go.
     ``oplock_stat``: whether it is a stat open for oplocks (a narrower mask, see
-    leases.is_oplock_stat_open); ``stat`` if not given."""
+    leases.is_oplock_stat_open)."""
     server = req.server
     records = records_elsewhere(server, file_key)
     if not records and not server.oplocks.has_grants:
         return
     writing = bool(access & sharemode.WRITE_BITS) or truncating
-    oplock_stat = stat if oplock_stat is None else oplock_stat
     handles_only = not oplock_stat and _violates(server, file_key, access, share, records)
     body = {"file_key": file_key, "truncating": truncating, "writing": writing, "stat": stat,
             "oplock_stat": oplock_stat,

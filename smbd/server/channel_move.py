@@ -48,7 +48,7 @@ def serve_requests(server: "ServerState", open_channel: OpenChannel) -> None:
 def why_not_movable(req: "Request") -> str | None:
     conn, server = req.conn, req.server
     if req.encrypted or req.compound is None or len(req.compound.requests) != 1:
-        return "the bind is part of a compound"
+        return "the bind is encrypted or part of a compound"
     if not hasattr(conn.transport, "detach"):
         return "this transport cannot move"
     if len(conn.tasks) > 1 or len(conn.sync_requests) > 1 or conn.async_requests or conn.session_auths:
@@ -70,8 +70,8 @@ async def move_to(req: "Request", pid: int) -> None:
         fd, pending = conn.transport.detach()
     except (BlockingIOError, ConnectionResetError) as e:
         raise SmbError(NtStatus.REQUEST_NOT_ACCEPTED, f"channel cannot move now: {e}") from e
-    body = {"transport": "rdma" if getattr(conn.transport, "setup_info", None) else "tcp",
-            "peer": conn.transport.peer, "setup": getattr(conn.transport, "setup_info", None),
+    setup = getattr(conn.transport, "setup_info", None)  # SMB Direct: the proxy's SETUP
+    body = {"transport": "rdma" if setup else "tcp", "peer": conn.transport.peer, "setup": setup,
             "negotiated": conn.negotiated_state(), "request": bytes(req.msg).hex(), "pending": pending.hex()}
     try:
         reply, reply_fds = await req.server.messenger.ask(pid, "adopt_channel", body, [fd])

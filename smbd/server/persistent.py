@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from smbd.store import StateStore, pid_alive
 from smbd.wire.create import CreateRequest, Disposition, OplockLevel
+from smbd.wire.negotiate import Capabilities
 
 from . import sharemode
 
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("smbd.persistent")
 
 TABLE = "persistent_opens"  # a table of the persistent store (smbd.store.PERSISTENT_TABLES)
-GLOBAL_CAP_PERSISTENT_HANDLES = 0x10  # MS-SMB2 2.2.4
 
 
 def key_of(persistent_id: int) -> str:
@@ -46,7 +46,7 @@ def offered(req: "Request") -> bool:
     """3.3.5.9.10: persistence only on a CA share of a connection that was offered it."""
     share = req.tree.share if req.tree is not None else None
     return bool(share is not None and share.continuous_availability
-                and req.conn.server_capabilities & GLOBAL_CAP_PERSISTENT_HANDLES)
+                and req.conn.server_capabilities & Capabilities.PERSISTENT_HANDLES)
 
 
 def record_of(server: "ServerState", op: "Open") -> dict:
@@ -81,16 +81,19 @@ def forget(server: "ServerState", op: "Open") -> None:
         server.persistent_store.update(TABLE, key_of(op.persistent_id), lambda _old: None)
 
 
+def _orphaned(record: dict, now: float) -> bool:
+    """No live worker holds the record's Open (else that worker's descriptor, the volatile
+    ``opens`` table and handoff apply), and its timeout has not passed."""
+    if record.get("pid") is not None and pid_alive(record["pid"]):
+        return False
+    expires = record.get("expires")
+    return expires is None or expires >= now
+
+
 def orphaned_record(store: StateStore, persistent_id: int, now: float | None = None) -> dict | None:
     """The record of an Open no live worker holds, if it has not expired."""
     record = store.get(TABLE, key_of(persistent_id))
-    if record is None:
-        return None
-    if record.get("pid") is not None and pid_alive(record["pid"]):
-        return None  # its worker lives: the volatile ``opens`` table and handoff apply
-    expires = record.get("expires")
-    now = time.time() if now is None else now
-    if expires is not None and expires < now:
+    if record is None or not _orphaned(record, time.time() if now is None else now):
         return None
     return record
 
@@ -108,11 +111,8 @@ def orphan_conflicts(server: "ServerState", file_key: int, access: int, share: i
         state = record.get("state") or {}
         if state.get("file_key") != file_key or state.get("stream") or state.get("persistent_id") == restoring:
             continue
-        if record.get("pid") is not None and pid_alive(record["pid"]):
-            continue  # held by a live worker: its descriptor's share-mode lock speaks for it
-        if record.get("expires") is not None and record["expires"] < now:
-            continue
-        if sharemode.would_conflict(access, share, state["granted_access"], state["share_access"]):
+        if _orphaned(record, now) and sharemode.would_conflict(access, share, state["granted_access"],
+                                                               state["share_access"]):
             return True
     return False
 
