@@ -307,6 +307,20 @@ class ServerState:
             fn = functools.partial(fn, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self.io_pool, fn, *args)
 
+    async def brief_io(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a metadata call that takes microseconds while the file system's metadata is
+        in memory (a lookup, an open, a close): on the event loop when the caller's request
+        is this worker's only one, else on a helper thread.
+
+        The hop to a helper thread and back costs two thread wake-ups, two passes of the
+        GIL and a wake of the loop: more than such a call. smbtorture's open+close bench
+        (smb2.bench.path-contention-shared) does three of them per pair. When nothing else
+        waits for the loop, a call that does block delays only its own reply, as in
+        write_from; with other requests in flight it goes to a thread as before."""
+        if self.only_request_in_flight():
+            return fn(*args)
+        return await self.io(fn, *args)
+
     async def read_into(self, vfs: "VfsShare", fd: int, buf: memoryview, offset: int) -> int:
         """File data into ``buf``: from the page cache on the loop, the rest on a helper
         thread (the disk is never waited for on the event loop)."""

@@ -231,7 +231,7 @@ async def _open_after_breaks(req: "Request", create: CreateRequest, parsed: "Str
     own_key = lease_request.key if lease_request else None
     truncating = create.disposition in (Disposition.SUPERSEDE, Disposition.OVERWRITE, Disposition.OVERWRITE_IF)
     if parsed.stream is None and caching.may_be_cached(server):
-        existing = await server.io(req.tree.vfs.lookup, parsed.components)
+        existing = await server.brief_io(req.tree.vfs.lookup, parsed.components)
         if existing is not None and create.disposition != Disposition.CREATE and server.delete_pending(
                 existing.file_id):
             # Before any break: an open that can only fail breaks nobody's caching
@@ -251,7 +251,7 @@ async def _open_after_breaks(req: "Request", create: CreateRequest, parsed: "Str
     while True:
         try:
             try:
-                return await server.io(_open_file, server, req, create, parsed, access, eas, restoring)
+                return await server.brief_io(_open_file, server, req, create, parsed, access, eas, restoring)
             finally:
                 leases.restore_released()
         except _LeaseBreakPending:
@@ -501,7 +501,10 @@ async def handle_close(req: "Request") -> bytes:
             return fileio.close_response(fileio.CLOSE_FLAG_POSTQUERY_ATTRIB,
                                          (info.creation_time, info.last_access_time, info.last_write_time,
                                           info.change_time), info.allocation_size, info.size, info.attributes)
-        await server.io(close_open, server, op)
+        if op.delete_on_close or server.delete_pending(op.file_key):
+            await server.io(close_open, server, op)  # a delete may take a while (a directory tree)
+        else:
+            await server.brief_io(close_open, server, op)
         return fileio.close_response(0)
     finally:
         server.close_ends(op.file_key, done)
