@@ -37,7 +37,8 @@ def parser() -> argparse.ArgumentParser:
                    help="worker processes kept started ahead of new clients (default 1)")
     p.add_argument("--state-dir", help="where the lab default keeps its share and password")
     p.add_argument("--smbtorture-fsctl", action="store_true",
-                   help="test only: answer smbtorture's FSCTL_SMBTORTURE_* codes, which simulate failures")
+                   help="test only: simulated failures: answer smbtorture's FSCTL_SMBTORTURE_* codes, "
+                        "and on SIGUSR2 cut the newest SMB Direct connection")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -73,6 +74,8 @@ async def serve(settings: Settings, args) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if proxy is not None and settings.server.smbtorture_fsctl:
+        loop.add_signal_handler(signal.SIGUSR2, proxy.cut_newest_connection)
     await stop.wait()
     log.info("shutting down: no new connections, finishing in-flight requests")
     acceptor.close()

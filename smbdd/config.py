@@ -11,7 +11,7 @@ TOML layout::
     signing = "auto"             # auto | required
     devices = ["rxe0"]           # RDMA devices (SMB Direct); [] = find them
     users_file = "/etc/smbdd/users"
-    smbtorture_fsctl = false     # test only: Samba's FSCTL_SMBTORTURE_* (simulated failures)
+    smbtorture_fsctl = false     # test only: simulated failures (FSCTL_SMBTORTURE_*, SIGUSR2 cuts an SMB Direct link)
 
     [users]
     alice = "secret"             # or "{NT}<32 hex digits>" for a stored NT hash

@@ -60,6 +60,7 @@ class ProxyConnection:
         from smbdd.rdma.verbs import Endpoint
 
         self.proxy = proxy
+        self.serial = next(proxy.accepted)
         self.loop = asyncio.get_running_loop()
         cfg = proxy.smbd_config
         self.core = SmbdConnection(cfg, now=self.loop.time())

@@ -47,6 +47,7 @@ class Proxy:
         self.listeners: list = []
         self.connections: set[ProxyConnection] = set()
         self._op_ids = itertools.count(1)
+        self.accepted = itertools.count(1)  # ProxyConnection.serial: the order of accepts
         self.stats: Counter = Counter()
 
     async def start(self) -> None:
@@ -167,6 +168,19 @@ class Proxy:
         self._alloc_waiters = deque(w for w in self._alloc_waiters if w[0] is not conn)
         self._serve_waiters()
         log.info("pool: %d of %d slots in use after %s closed", self.allocator.in_use, self.slot_count, conn.peer)
+
+    # ---- test hook ---------------------------------------------------------------------
+
+    def cut_newest_connection(self) -> None:
+        """Test only (the smbtorture_fsctl option; smbdd runs it on SIGUSR2): disconnect the
+        SMB Direct connection accepted last, as a failed link ends one channel of a
+        multichannel session. The lab has no other way to cut one QP: there is no ss -K for
+        a queue pair, and rxe loops local traffic back past any packet filter."""
+        live = [c for c in self.connections if not c.closed]
+        if not live:
+            log.warning("test hook: no SMB Direct connection to cut")
+            return
+        max(live, key=lambda c: c.serial).close("cut by the test hook")
 
     # ---- shutdown ----------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 - multichannel,max_channels=4 over TCP (to veth1's TCP-only address) and over SMB Direct (rxe0):
   /proc/fs/cifs/DebugData lists the extra channels, 256 MiB go there and back byte-identical,
-  and over TCP one channel is cut (ss -K) in the middle of the transfer without a byte lost;
+  and one channel is cut in the middle of the transfer without a byte lost (TCP: ss -K; SMB
+  Direct: smbdd's test hook disconnects the newest queue pair);
 - a continuously available share mounted with persistenthandles: one process keeps writing one
   file while smbdd's worker, and then smbdd itself, are killed with -9 and smbdd starts again;
   the process sees no error and the file on the server is what it wrote.
@@ -38,7 +39,8 @@ def extra_channels(debug: str) -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = LabServer(tmp_path_factory.mktemp("smbdd-mc"), port=4457, name="smbdd-multichannel")
+    # --smbtorture-fsctl: SIGUSR2 makes the proxy cut its newest SMB Direct connection.
+    srv = LabServer(tmp_path_factory.mktemp("smbdd-mc"), "--smbtorture-fsctl", port=4457, name="smbdd-multichannel")
     yield srv
     srv.stop()
 
@@ -74,6 +76,16 @@ def cut_one_channel(port: int) -> bool:
     return True
 
 
+def cut_one_rdma_channel(server: LabServer) -> bool:
+    """Disconnect the newest of the mount's SMB Direct connections (an extra channel) from the
+    server's side, as a failed link would end it. A queue pair has no ss -K, and rxe loops
+    local traffic back past any packet filter: smbdd's test hook does it (SIGUSR2)."""
+    before = server.log().count("cut by the test hook")
+    server.proc.send_signal(signal.SIGUSR2)
+    server.wait_for(lambda log: log.count("cut by the test hook") > before, 30, "the proxy to cut a channel")
+    return True
+
+
 @pytest.mark.parametrize("transport", ["tcp", "rdma"])
 def test_multichannel_256_mib_there_and_back(server, tmp_path, transport, lab_results):
     mnt = Path(f"/tmp/mnt-mc-{transport}")
@@ -88,24 +100,26 @@ def test_multichannel_256_mib_there_and_back(server, tmp_path, transport, lab_re
         closed_before = len(server.closed_connections())
         src = tmp_path / "src"
         digest = make_file(src, BIG)
+        # Halfway through the write, one channel is cut; cifs.ko reconnects it and resends.
         cut = {}
-        if transport == "tcp":
-            # Halfway through the write, one channel is cut; cifs.ko reconnects it and resends.
-            def cutter():
-                dest = server.share / "big.bin"
-                end = time.monotonic() + 300
-                while time.monotonic() < end and (not dest.exists() or dest.stat().st_size < BIG // 2):
-                    time.sleep(0.2)
-                cut["done"] = cut_one_channel(server.port)
-            t = threading.Thread(target=cutter)
-            t.start()
+
+        def cutter():
+            dest = server.share / "big.bin"
+            end = time.monotonic() + 300
+            while time.monotonic() < end and (not dest.exists() or dest.stat().st_size < BIG // 2):
+                time.sleep(0.2)
+            cut["done"] = cut_one_channel(server.port) if transport == "tcp" else cut_one_rdma_channel(server)
+        t = threading.Thread(target=cutter)
+        t.start()
         start = time.monotonic()
         run("dd", f"if={src}", f"of={mnt / 'big.bin'}", "bs=1M", "oflag=direct", "status=none", timeout=900)
         write_s = time.monotonic() - start
-        if transport == "tcp":
-            t.join(60)
-            assert cut.get("done"), "no second channel to cut"
+        t.join(60)
+        assert cut.get("done"), "no second channel to cut"
         assert sha256(server.share / "big.bin") == digest
+        # The cut channel comes back: cifs.ko reconnects it and binds it to the session again.
+        debug = wait_channels(CHANNELS - 1)
+        lab_results[f"multichannel_{transport}_extra_channels_after_cut"] = extra_channels(debug)
         back = tmp_path / "back"
         start = time.monotonic()
         run("dd", f"if={mnt / 'big.bin'}", f"of={back}", "bs=1M", "iflag=direct", "status=none", timeout=900)
@@ -122,9 +136,11 @@ def test_multichannel_256_mib_there_and_back(server, tmp_path, transport, lab_re
     if transport == "rdma":
         # The proxy logs each SMB Direct connection's counters as it closes: the channels of
         # this mount, and the payload moved by RDMA on more than one of them.
-        server.wait_for(lambda _: len(server.closed_connections()) >= closed_before + CHANNELS, 120,
+        # The channels of this mount: CHANNELS, and the one cut in the middle of the write.
+        server.wait_for(lambda _: len(server.closed_connections()) >= closed_before + CHANNELS + 1, 120,
                         "the proxy to close the mount's channels")
         mine = server.closed_connections()[closed_before:]
+        assert sum(1 for c in mine if c["reason"] == "cut by the test hook") == 1, mine
         lab_results["multichannel_rdma_bytes_per_channel"] = [c["rdma_bytes"] for c in mine]
         assert sum(1 for c in mine if c["rdma_bytes"] > 0) >= 2, mine
         assert sum(c["rdma_bytes"] for c in mine) >= 2 * BIG, mine
