@@ -63,7 +63,8 @@ def test_batch_oplock_is_published_as_read_write_handle_with_its_opens():
     caching.publish(server, 7)
     (key, record), = server.store.scan(caching.TABLE, "7/")
     assert key == f"7/{os.getpid()}"
-    assert record == {"pid": os.getpid(), "read": True, "write": True, "handle": True, "opens": [[RW, 0]]}
+    assert record == {"pid": os.getpid(), "read": True, "write": True, "handle": True, "oplock": True,
+                      "opens": [[RW, 0]]}
 
 
 def test_lease_breaking_to_rh_still_counts_its_write_until_acknowledged():
@@ -97,6 +98,19 @@ def test_other_workers_records_are_found_by_what_they_hold():
     assert sorted(caching.holders_elsewhere(server, 3)) == [11, 12]
     assert caching.holders_elsewhere(server, 3, "handle") == [11]
     assert caching.holders_elsewhere(server, 4) == []
+
+
+def test_an_oplock_here_or_in_another_worker_is_told_from_a_lease():
+    """A new lease beside an oplock gets no H (smb2.lease.oplock): the record says which."""
+    lease = SimpleNamespace(state=0x1 | 0x2, breaking_to=None)
+    server = _server(leases={3: [lease]})
+    assert caching.summary(server, 3)["oplock"] is False
+    assert not caching.oplock_held(server, 3)
+    server.store.put(caching.TABLE, "3/11", {"pid": 11, "read": True, "handle": True, "oplock": False})
+    assert not caching.oplock_held(server, 3)  # another worker's lease
+    server.store.put(caching.TABLE, "3/12", {"pid": 12, "read": True, "oplock": True})
+    assert caching.oplock_held(server, 3)  # another worker's level II
+    assert caching.oplock_held(_server(levels={4: [OplockLevel.II]}), 4)  # this worker's
 
 
 def test_read_control_is_a_stat_open_for_leases_but_not_for_oplocks():

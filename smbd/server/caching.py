@@ -8,9 +8,9 @@ writable handle, a break to level II or RH rather than to none), so the workers 
 other, the way Samba's smbd processes consult locking.tdb and message the holder:
 
 - The state store's ``caching`` table has one record per (file, worker) while that worker
-  caches the file: ``{"pid", "read", "write", "handle"}`` (level II or R; batch,
-  exclusive or W; batch or H). A worker keeps its own records current (``publish``);
-  smbdd removes those of a worker that died.
+  caches the file: ``{"pid", "read", "write", "handle", "oplock"}`` (level II or R; batch,
+  exclusive or W; batch or H; any oplock rather than a lease). A worker keeps its own
+  records current (``publish``); smbdd removes those of a worker that died.
 - Before an open of an existing file, the opener asks every other worker that caches it
   (``caching_open``) to break what the open conflicts with, as MS-FSA 2.1.5.1.2 does for
   one process: batch and exclusive go to level II (none for an overwrite), W goes (RH
@@ -58,9 +58,9 @@ def _prefix(file_key: int) -> str:
 
 def summary(server: "ServerState", file_key: int) -> dict | None:
     """What this worker caches of the file, or None for nothing."""
-    read = write = handle = False
+    read = write = handle = oplock = False
     for level in server.oplocks.levels_of(file_key):
-        read = True
+        read = oplock = True
         write |= level in (OplockLevel.BATCH, OplockLevel.EXCLUSIVE)
         handle |= level == OplockLevel.BATCH
     for lease in server.leases.leases_of(file_key):
@@ -71,7 +71,20 @@ def summary(server: "ServerState", file_key: int) -> dict | None:
     if not (read or write or handle):
         return None
     opens = sorted([o.granted_access, o.share_access] for o in server.opens_of(file_key) if not o.closed)
-    return {"pid": os.getpid(), "read": read, "write": write, "handle": handle, "opens": opens}
+    return {"pid": os.getpid(), "read": read, "write": write, "handle": handle, "oplock": oplock, "opens": opens}
+
+
+def handle_lease_held(server: "ServerState", file_key: int) -> bool:
+    """Whether a lease with H is held on the file, here or in another worker. Called after
+    the open broke other workers' batch oplocks, so H elsewhere is a lease's."""
+    if any(lease.state & LeaseState.HANDLE for lease in server.leases.leases_of(file_key)):
+        return True
+    return bool(holders_elsewhere(server, file_key, "handle"))
+
+
+def oplock_held(server: "ServerState", file_key: int) -> bool:
+    """Whether an oplock (not a lease) is held on the file, here or in another worker."""
+    return bool(server.oplocks.levels_of(file_key)) or any(r.get("oplock") for r in records_elsewhere(server, file_key))
 
 
 def publish(server: "ServerState", file_key: int | None) -> None:

@@ -38,7 +38,7 @@ from smbd.wire.create import Disposition
 from smbd.wire.lease import (LeaseBreakAck, LeaseFlags, LeaseRequest, LeaseState, lease_break_notification,
                              lease_break_response, lease_response_context)
 
-from . import persistent
+from . import caching, persistent
 from .oplocks import (BREAK_ACK_TIMEOUT, break_channels, drop_lease, is_writable_fd, lease_state, send_break,
                        take_lease)
 
@@ -295,6 +295,10 @@ class LeaseManager:
             self._leases[key] = lease
             self._by_file.setdefault(op.file_key, []).append(lease)
             lease.state = requested & ~W if contended else requested
+            if lease.state & H and caching.oplock_held(self.server, op.file_key):
+                # Beside an oplock (level II by now: the open broke batch and exclusive),
+                # Windows grants R without H, and so does Samba (smbtorture smb2.lease.oplock).
+                lease.state &= ~H
             if lease.state:
                 lease.epoch += 1
         elif (not lease.breaking and requested != lease.state and requested & lease.state == lease.state

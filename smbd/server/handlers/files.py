@@ -186,7 +186,12 @@ async def _grant_caching(req: "Request", create: CreateRequest, op: Open, lease_
     elif lease_request is not None:
         oplock = OplockLevel.NONE  # no directory leases (we do not offer DIRECTORY_LEASING)
     else:
-        oplock = server.oplocks.grant(op, create.oplock_level)
+        level = create.oplock_level
+        if level != OplockLevel.NONE and caching.handle_lease_held(server, op.file_key):
+            # Beside a lease with H, Windows and Samba grant no oplock (smbtorture
+            # smb2.lease.oplock); beside an oplock a lease gets no H (LeaseManager.grant).
+            level = OplockLevel.NONE
+        oplock = server.oplocks.grant(op, level)
     contexts += durable.grant(req, op, create, dh2q, oplock)
     return oplock, contexts
 
