@@ -12,6 +12,7 @@ import socket
 import struct
 import uuid
 
+from smbd.server import access
 from smbd.wire.header import HEADER_SIZE, PROTOCOL_ID, SMB1_ID
 
 from .supervisor import Supervisor
@@ -101,6 +102,11 @@ class Acceptor:
 
     async def _route(self, loop, conn: socket.socket, addr) -> None:
         peer = f"{addr[0]}:{addr[1]}"
+        cfg = self.supervisor.config
+        if not access.host_allowed(access.peer_address(addr), cfg.hosts_allow, cfg.hosts_deny):
+            log.warning("%s: refused by hosts_allow/hosts_deny", peer)
+            conn.close()  # before a byte is read: nothing of SMB is offered to this host
+            return
         conn.setblocking(False)
         try:
             first = await asyncio.wait_for(read_first_frame(loop, conn), FIRST_MESSAGE_TIMEOUT)

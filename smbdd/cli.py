@@ -19,10 +19,11 @@ SHUTDOWN_GRACE = 15.0
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="smbdd", description="SMB3 file server with an SMB Direct (RDMA) proxy.")
+    p = argparse.ArgumentParser(prog="smbdd", description="SMB3 file server with an SMB Direct (RDMA) proxy.",
+                                epilog="smbdd user {add,passwd,del,list}: manage the password database")
     p.add_argument("--share", action="append", metavar="NAME=PATH", help="share a directory (repeatable)")
     p.add_argument("--user", action="append", metavar="NAME:PASSWORD", help="add a user (repeatable)")
-    p.add_argument("--users", metavar="FILE", help="file of NAME:PASSWORD lines")
+    p.add_argument("--users", metavar="FILE", help="the password database (`smbdd user`); re-read when it changes")
     p.add_argument("--listen", action="append", metavar="ADDR", help="address to listen on (repeatable)")
     p.add_argument("--port", type=int, help="TCP port (default 445)")
     p.add_argument("--config", metavar="FILE", help="TOML configuration file")
@@ -89,6 +90,11 @@ async def serve(settings: Settings, args) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["user"]:
+        from .users_cli import main as user_main
+
+        sys.exit(user_main(argv[1:]))
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s smbdd %(name)s %(levelname)s: %(message)s")

@@ -10,8 +10,10 @@ TOML layout::
     encrypt = "auto"             # off | auto | desired | required
     signing = "auto"             # auto | required
     devices = ["rxe0"]           # RDMA devices (SMB Direct); [] = find them
-    users_file = "/etc/smbdd/users"
+    users_file = "/etc/smbdd/users"  # the password database of `smbdd user` (its default path)
     smbtorture_fsctl = false     # test only: simulated failures (FSCTL_SMBTORTURE_*, SIGUSR2 cuts an SMB Direct link)
+    hosts_allow = ["10.0.0.0/8"] # addresses, networks or "ALL"; allow wins over deny
+    hosts_deny = ["ALL"]         # refused before anything is read from the connection
 
     [users]
     alice = "secret"             # or "{NT}<32 hex digits>" for a stored NT hash
@@ -24,6 +26,9 @@ TOML layout::
     guest_ok = false
     continuous_availability = false  # persistent handles: opens survive a crash and a restart
     comment = "team data"
+    valid_users = ["alice", "@staff"]  # only these (names, @unix_group); invalid_users: never these
+    read_list = ["bob"]          # read-only for these; write_list: writable for these
+    hosts_allow = ["10.1.0.0/16"]  # as [server]'s, at tree connect
 """
 from __future__ import annotations
 
@@ -33,8 +38,11 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from smbd import accounts
+from smbd.accounts import UserEntry
 from smbd.auth.ntlm import nt_hash
-from smbd.server.config import EncryptPolicy, ServerConfig, ShareConfig, UserEntry
+from smbd.server import access
+from smbd.server.config import EncryptPolicy, ServerConfig, ShareConfig
 
 DEFAULT_PORT = 445
 LAB_USER = "smbuser"
@@ -65,30 +73,26 @@ def parse_user(spec: str, where: str) -> UserEntry:
 
 
 def make_user(name: str, secret: str, where: str) -> UserEntry:
-    if any(c in name for c in '"/\\[]:;|=,+*?<>@'):
-        raise ConfigError(f"{where}: invalid character in user name {name!r}")
-    if secret.startswith("{NT}"):
-        try:
-            digest = bytes.fromhex(secret[4:])
-        except ValueError:
-            digest = b""
-        if len(digest) != 16:
-            raise ConfigError(f"{where}: {{NT}} hash of {name!r} must be 32 hex digits")
-        return UserEntry(name, digest)
-    return UserEntry(name, nt_hash(secret))
+    try:
+        return accounts.make_user(name, secret, where)
+    except accounts.AccountError as e:
+        raise ConfigError(str(e)) from None
 
 
 def read_users_file(path: str) -> list[UserEntry]:
     try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as e:
-        raise ConfigError(f"users file {path}: {e.strerror}") from e
-    users = []
-    for n, line in enumerate(lines, 1):
-        line = line.strip()
-        if line and not line.startswith("#"):
-            users.append(parse_user(line, f"{path}:{n}"))
-    return users
+        return accounts.read(path)
+    except accounts.AccountError as e:
+        raise ConfigError(str(e)) from None
+
+
+def default_users_file() -> Path:
+    """Where ``smbdd user`` keeps the password database unless told otherwise, and where the
+    server looks for users when none are configured."""
+    if os.geteuid() == 0:
+        return Path("/etc/smbdd/users")
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "smbdd" / "users"
 
 
 def parse_share(spec: str) -> ShareConfig:
@@ -119,9 +123,30 @@ def load_toml(path: str) -> dict:
         raise ConfigError(f"config file {path}: {e}") from e
 
 
-_SHARE_KEYS = {"path", "read_only", "encrypt", "sign", "guest_ok", "comment", "continuous_availability"}
+_USER_LISTS = ("valid_users", "invalid_users", "read_list", "write_list")
+_HOST_LISTS = ("hosts_allow", "hosts_deny")
+_SHARE_KEYS = {"path", "read_only", "encrypt", "sign", "guest_ok", "comment", "continuous_availability",
+               *_USER_LISTS, *_HOST_LISTS}
 _SERVER_KEYS = {"listen", "port", "encrypt", "signing", "devices", "users_file", "netbios_name",
-                "workgroup", "max_io_size", "rdma_port", "state_dir", "smbtorture_fsctl"}
+                "workgroup", "max_io_size", "rdma_port", "state_dir", "smbtorture_fsctl", *_HOST_LISTS}
+
+
+def _names(value, where: str) -> tuple[str, ...]:
+    """A list of strings, or one string of names separated by commas or spaces (as smb.conf)."""
+    if isinstance(value, str):
+        return tuple(v for v in value.replace(",", " ").split() if v)
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(f"{where} must be a list of names (or one string of them)")
+    return tuple(v.strip() for v in value)
+
+
+def _hosts(value, where: str) -> tuple[str, ...]:
+    hosts = _names(value, where)
+    try:
+        access.parse_hosts(hosts, where)
+    except access.AccessConfigError as e:
+        raise ConfigError(str(e)) from None
+    return hosts
 
 
 def _bool(value, where: str) -> bool:
@@ -141,6 +166,9 @@ def from_toml(data: dict, where: str) -> dict:
     if bad:
         raise ConfigError(f"{where}: unknown [server] key(s) {', '.join(sorted(bad))}")
     out.update({k: v for k, v in srv.items()})
+    for k in _HOST_LISTS:
+        if k in srv:
+            out[k] = _hosts(srv[k], f"{where}: [server] {k}")
     for name, secret in data.get("users", {}).items():
         if not isinstance(secret, str):
             raise ConfigError(f"{where}: [users] {name} must be a string")
@@ -153,8 +181,10 @@ def from_toml(data: dict, where: str) -> dict:
             raise ConfigError(f"{where}: [shares.{name}] unknown key(s) {', '.join(sorted(bad))}")
         flags = {k: _bool(opts[k], f"{where}: [shares.{name}] {k}")
                  for k in ("read_only", "encrypt", "sign", "guest_ok", "continuous_availability") if k in opts}
+        lists = {k: _names(opts[k], f"{where}: [shares.{name}] {k}") for k in _USER_LISTS if k in opts}
+        lists |= {k: _hosts(opts[k], f"{where}: [shares.{name}] {k}") for k in _HOST_LISTS if k in opts}
         out["shares"].append(ShareConfig(name=name, path=str(opts["path"]), comment=str(opts.get("comment", "")),
-                                         **flags))
+                                         **flags, **lists))
     return out
 
 
@@ -191,20 +221,23 @@ def build(args) -> Settings:
     shares = list(file_opts["shares"]) + [parse_share(s) for s in args.share or []]
     users = list(file_opts["users"]) + [parse_user(u, "--user") for u in args.user or []]
     users_file = args.users or file_opts.get("users_file")
-    if users_file:
-        users += read_users_file(users_file)
+    if not users_file and not users and default_users_file().exists():
+        users_file = str(default_users_file())
+    # The workers read the file's users themselves, and again whenever it changes; read here
+    # too, so a malformed file stops the start with its line.
+    file_users = read_users_file(users_file) if users_file else []
     names = [s.name.lower() for s in shares]
     if len(set(names)) != len(names):
         raise ConfigError("a share name is given twice")
     banner: list[str] = []
     state_dir = Path(args.state_dir or file_opts.get("state_dir") or default_state_dir())
-    if not shares and not users:
+    if not shares and not users and not file_users:
         share, user, _, banner = lab_default(state_dir)
         shares, users = [share], [user]
     if not shares:
         raise ConfigError("no share configured: use --share NAME=PATH or [shares.NAME] in the config file")
     shares = [_check_share(s) for s in shares]
-    if not users and not any(s.guest_ok for s in shares):
+    if not users and not file_users and not any(s.guest_ok for s in shares):
         raise ConfigError("no user configured (--user NAME:PASSWORD or --users FILE) and no guest share")
     encrypt = args.encrypt or file_opts.get("encrypt", "auto")
     try:
@@ -229,9 +262,11 @@ def build(args) -> Settings:
     torture_hooks = (getattr(args, "smbtorture_fsctl", False)
                      or _bool(file_opts.get("smbtorture_fsctl", False), "smbtorture_fsctl"))
     server = ServerConfig(shares=tuple(shares), users=tuple(users), encrypt=policy,
+                          users_file=os.path.abspath(users_file) if users_file else "",
                           signing_required=(signing == "required"),
                           netbios_name=str(file_opts.get("netbios_name", "SMBDD"))[:15].upper(),
                           domain=str(file_opts.get("workgroup", "WORKGROUP")).upper(), max_io_size=max_io,
-                          smbtorture_fsctl=torture_hooks)
+                          smbtorture_fsctl=torture_hooks, hosts_allow=tuple(file_opts.get("hosts_allow", ())),
+                          hosts_deny=tuple(file_opts.get("hosts_deny", ())))
     return Settings(server=server, listen=list(listen), port=port, devices=devices,
                     rdma_port=file_opts.get("rdma_port"), banner=banner, state_dir=state_dir)

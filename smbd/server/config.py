@@ -9,6 +9,10 @@ import enum
 import uuid
 from dataclasses import asdict, dataclass, field
 
+from smbd.accounts import UserEntry
+
+__all__ = ["EncryptPolicy", "ServerConfig", "ShareConfig", "UserEntry"]
+
 
 class EncryptPolicy(str, enum.Enum):
     """off: not offered. auto (default): offered, used when the client asks for it.
@@ -32,18 +36,29 @@ class ShareConfig:
     comment: str = ""
     # SMB2_SHARE_CAP_CONTINUOUS_AVAILABILITY: persistent handles (smbd.server.persistent)
     continuous_availability: bool = False
+    # Who may connect and write (smbd.server.access): user names and @group, addresses and networks.
+    valid_users: tuple[str, ...] = ()
+    invalid_users: tuple[str, ...] = ()
+    read_list: tuple[str, ...] = ()
+    write_list: tuple[str, ...] = ()
+    hosts_allow: tuple[str, ...] = ()
+    hosts_deny: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in _SHARE_LISTS:  # from JSON (lists) or TOML: kept as tuples, hashable
+            object.__setattr__(self, name, tuple(getattr(self, name)))
 
 
-@dataclass(frozen=True)
-class UserEntry:
-    name: str
-    nt_hash: bytes  # MD4(UTF-16LE(password)), MS-NLMP 3.3.1
+_SHARE_LISTS = ("valid_users", "invalid_users", "read_list", "write_list", "hosts_allow", "hosts_deny")
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     shares: tuple[ShareConfig, ...]
-    users: tuple[UserEntry, ...]
+    users: tuple[UserEntry, ...]  # given in the configuration itself
+    users_file: str = ""  # the password database (smbd.accounts), re-read when it changes
+    hosts_allow: tuple[str, ...] = ()  # server-wide, checked as a connection arrives (smbd.server.access)
+    hosts_deny: tuple[str, ...] = ()
     encrypt: EncryptPolicy = EncryptPolicy.AUTO
     signing_required: bool = False
     server_guid: uuid.UUID = field(default_factory=uuid.uuid4)
@@ -74,26 +89,22 @@ class ServerConfig:
                 return s
         return None
 
-    def user_hash(self, name: str) -> bytes | None:
-        low = name.lower()
-        for u in self.users:
-            if u.name.lower() == low:
-                return u.nt_hash
-        return None
-
     def to_json(self) -> dict:
         d = asdict(self)
         d["encrypt"] = self.encrypt.value
         d["server_guid"] = str(self.server_guid)
-        d["users"] = [{"name": u.name, "nt_hash": u.nt_hash.hex()} for u in self.users]
+        d["users"] = [{"name": u.name, "nt_hash": u.nt_hash.hex(), "unix_user": u.unix_user} for u in self.users]
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> "ServerConfig":
         d = dict(d)
         d["shares"] = tuple(ShareConfig(**s) for s in d["shares"])
-        d["users"] = tuple(UserEntry(u["name"], bytes.fromhex(u["nt_hash"])) for u in d["users"])
+        d["users"] = tuple(UserEntry(u["name"], bytes.fromhex(u["nt_hash"]), u.get("unix_user", ""))
+                           for u in d["users"])
         d["encrypt"] = EncryptPolicy(d["encrypt"])
         d["server_guid"] = uuid.UUID(d["server_guid"])
         d["rdma_interfaces"] = tuple(d.get("rdma_interfaces", ()))
+        d["hosts_allow"] = tuple(d.get("hosts_allow", ()))
+        d["hosts_deny"] = tuple(d.get("hosts_deny", ()))
         return cls(**d)

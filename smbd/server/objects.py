@@ -42,6 +42,7 @@ class TreeConnect:
     maximal_access: int
     encrypt: bool = False
     sign: bool = False  # unsigned, unencrypted requests on this tree are refused
+    read_only: bool = False  # the share's read_only, or the user's by read_list/write_list
 
     @property
     def is_ipc(self) -> bool:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from smbd.accounts import AccountDirectory
 from smbd.store import MemoryStore, StateStore, open_persistent, open_volatile
 
 from .config import ServerConfig
@@ -134,13 +135,14 @@ class ServerState:
         from .handlers import HandlerTable
 
         self.config = config
+        self.accounts = AccountDirectory(config.users, config.users_file)
         self.handlers = handlers or HandlerTable()
         self.sessions: dict[int, Session] = {}
         self.opens: dict[int, Open] = {}  # by volatile id
         self.connections: set["SmbConnection"] = set()
         self.start_time = time.time()
         self.io_pool = ThreadPoolExecutor(max_workers=config.io_threads, thread_name_prefix="smbd-io")
-        self._vfs: dict[str, "VfsShare"] = {}
+        self._vfs: dict[tuple[str, bool], "VfsShare"] = {}  # (share, read-only)
         self._volatile = itertools.count(1)
         self._opens_by_file: dict[int, int] = {}  # file key (inode) -> local open count
         self._delete_pending: set[int] = set()
@@ -289,16 +291,18 @@ class ServerState:
         except Exception as e:  # the store gone: this worker's own opens still see it
             log.warning("delete-pending record of file %d not written: %s", key, e)
 
-    def vfs_for(self, share_name: str) -> "VfsShare":
-        """The VFS root of a share, opened once per worker."""
+    def vfs_for(self, share_name: str, read_only: bool | None = None) -> "VfsShare":
+        """The VFS root of a share, opened once per worker; a second, read-only (or writable)
+        one for the users a read_list (write_list) sets apart (smbd.server.access)."""
         from smbd.vfs.posix import Share as VfsShare
 
-        vfs = self._vfs.get(share_name)
+        share = self.config.share(share_name)
+        assert share is not None
+        read_only = share.read_only if read_only is None else read_only
+        vfs = self._vfs.get((share.name, read_only))
         if vfs is None:
-            share = self.config.share(share_name)
-            assert share is not None
-            vfs = VfsShare(share.path, read_only=share.read_only)
-            self._vfs[share_name] = vfs
+            vfs = VfsShare(share.path, read_only=read_only)
+            self._vfs[(share.name, read_only)] = vfs
         return vfs
 
     async def io(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

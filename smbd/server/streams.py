@@ -91,7 +91,7 @@ def open_stream(server: "ServerState", req: "Request", create, parsed: "StreamNa
     base = vfs.lookup(components)
     if base is None and not make:
         raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND)
-    read_only = tree.share.read_only
+    read_only = tree.read_only
     if read_only and (base is None or truncate):
         raise SmbError(NtStatus.ACCESS_DENIED, "read-only share")
     if base is not None and server.delete_pending(base.file_id):

@@ -15,6 +15,7 @@ import logging
 import os
 from collections import Counter, deque
 
+from smbd.server import access
 from smbdd.smbdirect.connection import SmbdConfig
 
 from .connection import ProxyConnection
@@ -90,8 +91,13 @@ class Proxy:
         except OSError as e:
             log.error("rdma_cm listener: %s", e)
             return
+        cfg = self.supervisor.config
         for request in requests:
             if self.supervisor.stopping:
+                request.reject()
+                continue
+            if not access.host_allowed(access.peer_address(request.peer_address), cfg.hosts_allow, cfg.hosts_deny):
+                log.warning("rdma:%s: refused by hosts_allow/hosts_deny", request.peer_address)
                 request.reject()
                 continue
             try:

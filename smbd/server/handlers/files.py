@@ -357,7 +357,7 @@ def _open_once(server: "ServerState", req: "Request", create: CreateRequest, com
         if not components and opts & CreateOptions.DELETE_ON_CLOSE:
             raise SmbError(NtStatus.CANNOT_DELETE, "the share root")
         truncate = disp in (Disposition.OVERWRITE, Disposition.OVERWRITE_IF, Disposition.SUPERSEDE)
-        if truncate and tree.share.read_only:
+        if truncate and tree.read_only:
             raise SmbError(NtStatus.ACCESS_DENIED)
         action = {Disposition.SUPERSEDE: CreateAction.SUPERSEDED,
                   Disposition.OVERWRITE: CreateAction.OVERWRITTEN,
@@ -367,7 +367,7 @@ def _open_once(server: "ServerState", req: "Request", create: CreateRequest, com
     else:
         if disp in (Disposition.OPEN, Disposition.OVERWRITE):
             raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND)
-        if tree.share.read_only:
+        if tree.read_only:
             raise SmbError(NtStatus.ACCESS_DENIED, "read-only share")
         if not components:
             raise SmbError(NtStatus.ACCESS_DENIED)
@@ -387,7 +387,7 @@ def _open_once(server: "ServerState", req: "Request", create: CreateRequest, com
     try:
         # Truncation waits until the DACL and share modes have been checked (below).
         opened = vfs.open(components, create=create_new, exclusive=create_new, truncate=False,
-                          directory=is_dir, write=write and not tree.share.read_only)
+                          directory=is_dir, write=write and not tree.read_only)
     except SmbError as e:
         cause = e.__cause__
         if isinstance(cause, OSError) and cause.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
@@ -596,7 +596,7 @@ async def handle_write(req: "Request") -> bytes:
         raise SmbError(NtStatus.INVALID_DEVICE_REQUEST)
     if not op.granted_access & (Access.FILE_WRITE_DATA | Access.FILE_APPEND_DATA):
         raise SmbError(NtStatus.ACCESS_DENIED)
-    if op.tree.share.read_only:
+    if op.tree.read_only:
         raise SmbError(NtStatus.ACCESS_DENIED)
     # Over RDMA, Length is 0 and RemainingBytes says how much to pull from the client (2.2.21).
     length = wr.length if wr.channel == fileio.Channel.NONE else wr.remaining_bytes

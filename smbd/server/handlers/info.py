@@ -279,7 +279,7 @@ async def _set_security(req: "Request", op: Open, si: SetInfoRequest) -> None:
     SACL ACCESS_SYSTEM_SECURITY (which no handle gets: no privileges here). The owner SID is
     stored, never applied to the Unix owner (smbd.security.store)."""
     info = si.additional_information
-    if op.tree.share.read_only:
+    if op.tree.read_only:
         raise SmbError(NtStatus.ACCESS_DENIED, "read-only share")
     if not si.buffer:
         raise SmbError(NtStatus.INVALID_PARAMETER, "no security descriptor")

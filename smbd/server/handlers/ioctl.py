@@ -492,7 +492,7 @@ async def _copychunk(req: "Request", io: IoctlRequest, op) -> bytes:
     _require_access(target, Access.FILE_WRITE_DATA)
     if io.ctl_code == Fsctl.SRV_COPYCHUNK:
         _require_access(target, Access.FILE_READ_DATA)  # only _WRITE waives read access (2.2.31)
-    if target.tree.share is not None and target.tree.share.read_only:
+    if target.tree.read_only:
         raise SmbError(NtStatus.ACCESS_DENIED)
     for c in chunks:
         if c.source_offset + c.length > _MAX_FILE_OFFSET or c.target_offset + c.length > _MAX_FILE_OFFSET:
@@ -645,7 +645,7 @@ async def _set_zero_data(req: "Request", io: IoctlRequest, op) -> bytes:
     changing the size: punch a hole, or write zeros where holes are not supported."""
     op = _file(op)
     _require_access(op, Access.FILE_WRITE_DATA)
-    if op.tree.share is not None and op.tree.share.read_only:
+    if op.tree.read_only:
         raise SmbError(NtStatus.ACCESS_DENIED)
     if len(io.input) < _RANGE.size:
         raise SmbError(NtStatus.INVALID_PARAMETER, "FILE_ZERO_DATA_INFORMATION truncated")

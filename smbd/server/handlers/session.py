@@ -32,7 +32,7 @@ from smbd.wire.session import (SESSION_FLAG_BINDING, SessionFlags, SessionSetupR
                                ShareType, TreeConnectRequest, empty_response, parse_empty, session_setup_response,
                                tree_connect_response)
 
-from .. import channel_move
+from .. import access, channel_move
 from ..config import EncryptPolicy
 from ..objects import Channel, Session, SessionState, TreeConnect
 from ..state import SessionRecord
@@ -73,7 +73,8 @@ def _new_spnego(req: "Request") -> SpnegoServer:
     # Anonymous logons are accepted as Samba does: they reach only IPC$ and guest shares
     # (handle_tree_connect), and a re-authentication may turn a session anonymous
     # (smbtorture smb2.session.reauth2).
-    ntlm = NtlmServer(lambda user, domain: cfg.user_hash(user), netbios_name=cfg.netbios_name,
+    accounts = req.server.accounts
+    ntlm = NtlmServer(lambda user, domain: accounts.nt_hash(user), netbios_name=cfg.netbios_name,
                       domain=cfg.domain, allow_guest=guest_ok, allow_anonymous=True)
     return SpnegoServer(ntlm)
 
@@ -381,17 +382,25 @@ async def handle_tree_connect(req: "Request") -> bytes:
         raise SmbError(NtStatus.BAD_NETWORK_NAME, name)
     if (session.is_guest or session.is_anonymous) and not share.guest_ok:
         raise SmbError(NtStatus.ACCESS_DENIED, "guest access not allowed on this share")
+    if not access.host_allowed(access.peer_address(req.conn.transport.peer), share.hosts_allow, share.hosts_deny):
+        raise SmbError(NtStatus.ACCESS_DENIED, f"share {share.name}: host {req.conn.transport.peer} not allowed")
+    nobody = session.is_guest or session.is_anonymous
+    account = None if nobody else req.server.accounts.lookup(session.user)
+    decision = access.share_decision(share, None if nobody else session.user,
+                                     account.unix_name if account else session.user or None)
+    if not decision.allowed:
+        raise SmbError(NtStatus.ACCESS_DENIED, f"share {share.name}: {decision.why}")
     encrypt = share.encrypt or cfg.encrypt == EncryptPolicy.REQUIRED
     if encrypt and not (session.keys and session.keys.encrypting):
         raise SmbError(NtStatus.ACCESS_DENIED, "share requires encryption")
     try:
-        vfs = await req.server.io(req.server.vfs_for, share.name)
+        vfs = await req.server.io(req.server.vfs_for, share.name, decision.read_only)
     except OSError as e:
         log.error("share %s: cannot open %s: %s", share.name, share.path, e)
         raise SmbError(NtStatus.BAD_NETWORK_NAME, "share path unavailable") from e
-    access = READ_ONLY_ACCESS if share.read_only else FILE_ALL_ACCESS
-    tree = TreeConnect(tree_id, session, share, vfs, access, encrypt=encrypt and not session.encrypt_data,
-                       sign=share.sign and not (session.is_guest or session.is_anonymous))
+    maximal = READ_ONLY_ACCESS if decision.read_only else FILE_ALL_ACCESS
+    tree = TreeConnect(tree_id, session, share, vfs, maximal, encrypt=encrypt and not session.encrypt_data,
+                       sign=share.sign and not nobody, read_only=decision.read_only)
     session.trees[tree_id] = tree
     req.tree = tree
     flags = ShareFlags.MANUAL_CACHING
@@ -400,7 +409,7 @@ async def handle_tree_connect(req: "Request") -> bytes:
     caps = 0
     if share.continuous_availability and req.conn.server_capabilities & Capabilities.PERSISTENT_HANDLES:
         caps |= ShareCaps.CONTINUOUS_AVAILABILITY  # 3.3.5.7
-    return tree_connect_response(ShareType.DISK, flags, caps, access)
+    return tree_connect_response(ShareType.DISK, flags, caps, maximal)
 
 
 async def handle_tree_disconnect(req: "Request") -> bytes:
