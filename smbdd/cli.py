@@ -20,7 +20,8 @@ SHUTDOWN_GRACE = 15.0
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smbdd", description="SMB3 file server with an SMB Direct (RDMA) proxy.",
-                                epilog="smbdd user {add,passwd,del,list}: manage the password database")
+                                epilog="smbdd user {add,passwd,del,list}: manage the password database; "
+                                       "smbdd check-config FILE: check a configuration file")
     p.add_argument("--share", action="append", metavar="NAME=PATH", help="share a directory (repeatable)")
     p.add_argument("--user", action="append", metavar="NAME:PASSWORD", help="add a user (repeatable)")
     p.add_argument("--users", metavar="FILE", help="the password database (`smbdd user`); re-read when it changes")
@@ -95,6 +96,10 @@ def main(argv: list[str] | None = None) -> None:
         from .users_cli import main as user_main
 
         sys.exit(user_main(argv[1:]))
+    if argv[:1] == ["check-config"]:
+        from .check_config_cli import main as check_main
+
+        sys.exit(check_main(argv[1:]))
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s smbdd %(name)s %(levelname)s: %(message)s")

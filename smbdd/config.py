@@ -34,15 +34,15 @@ from __future__ import annotations
 
 import os
 import secrets
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from smbd import accounts
 from smbd.accounts import UserEntry
 from smbd.auth.ntlm import nt_hash
-from smbd.server import access
 from smbd.server.config import EncryptPolicy, ServerConfig, ShareConfig
+
+from . import config_schema
 
 DEFAULT_PORT = 445
 LAB_USER = "smbuser"
@@ -103,88 +103,23 @@ def parse_share(spec: str) -> ShareConfig:
 
 
 def _check_share(share: ShareConfig) -> ShareConfig:
-    if share.name.upper() == "IPC$" or any(c in share.name for c in '\\/:*?"<>|') or len(share.name) > 80:
-        raise ConfigError(f"share name {share.name!r} is not allowed")
-    path = os.path.abspath(share.path)
-    if not os.path.isdir(path):
-        raise ConfigError(f"share {share.name}: path {share.path} does not exist or is not a directory")
-    if not os.access(path, os.R_OK | os.X_OK):
-        raise ConfigError(f"share {share.name}: path {share.path} is not readable")
-    return replace(share, path=path)
-
-
-def load_toml(path: str) -> dict:
+    """A --share from the command line, checked as the config file's shares are."""
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"config file {path}: {e.strerror}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path}: {e}") from e
+        return replace(share, name=config_schema._share_name(share.name), path=config_schema._share_path(share.path))
+    except ValueError as e:
+        raise ConfigError(f"share {share.name}: {e}") from None
 
 
-_USER_LISTS = ("valid_users", "invalid_users", "read_list", "write_list")
-_HOST_LISTS = ("hosts_allow", "hosts_deny")
-_SHARE_KEYS = {"path", "read_only", "encrypt", "sign", "guest_ok", "comment", "continuous_availability",
-               *_USER_LISTS, *_HOST_LISTS}
-_SERVER_KEYS = {"listen", "port", "encrypt", "signing", "devices", "users_file", "netbios_name",
-                "workgroup", "max_io_size", "rdma_port", "state_dir", "smbtorture_fsctl", *_HOST_LISTS}
-
-
-def _names(value, where: str) -> tuple[str, ...]:
-    """A list of strings, or one string of names separated by commas or spaces (as smb.conf)."""
-    if isinstance(value, str):
-        return tuple(v for v in value.replace(",", " ").split() if v)
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise ConfigError(f"{where} must be a list of names (or one string of them)")
-    return tuple(v.strip() for v in value)
-
-
-def _hosts(value, where: str) -> tuple[str, ...]:
-    hosts = _names(value, where)
+def from_file(path: str) -> dict:
+    """The config file's settings as keywords for build(), after the schema's check
+    (smbdd.config_schema): every problem is one line of the ConfigError."""
     try:
-        access.parse_hosts(hosts, where)
-    except access.AccessConfigError as e:
+        cfg = config_schema.check_file(path)
+    except config_schema.ConfigProblems as e:
         raise ConfigError(str(e)) from None
-    return hosts
-
-
-def _bool(value, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where} must be true or false")
-    return value
-
-
-def from_toml(data: dict, where: str) -> dict:
-    """Translate the TOML document into keyword settings; unknown keys are errors."""
-    out: dict = {"shares": [], "users": []}
-    unknown = set(data) - {"server", "users", "shares"}
-    if unknown:
-        raise ConfigError(f"{where}: unknown section(s) {', '.join(sorted(unknown))}")
-    srv = data.get("server", {})
-    bad = set(srv) - _SERVER_KEYS
-    if bad:
-        raise ConfigError(f"{where}: unknown [server] key(s) {', '.join(sorted(bad))}")
-    out.update({k: v for k, v in srv.items()})
-    for k in _HOST_LISTS:
-        if k in srv:
-            out[k] = _hosts(srv[k], f"{where}: [server] {k}")
-    for name, secret in data.get("users", {}).items():
-        if not isinstance(secret, str):
-            raise ConfigError(f"{where}: [users] {name} must be a string")
-        out["users"].append(make_user(name, secret, where))
-    for name, opts in data.get("shares", {}).items():
-        if not isinstance(opts, dict) or "path" not in opts:
-            raise ConfigError(f"{where}: [shares.{name}] needs a path")
-        bad = set(opts) - _SHARE_KEYS
-        if bad:
-            raise ConfigError(f"{where}: [shares.{name}] unknown key(s) {', '.join(sorted(bad))}")
-        flags = {k: _bool(opts[k], f"{where}: [shares.{name}] {k}")
-                 for k in ("read_only", "encrypt", "sign", "guest_ok", "continuous_availability") if k in opts}
-        lists = {k: _names(opts[k], f"{where}: [shares.{name}] {k}") for k in _USER_LISTS if k in opts}
-        lists |= {k: _hosts(opts[k], f"{where}: [shares.{name}] {k}") for k in _HOST_LISTS if k in opts}
-        out["shares"].append(ShareConfig(name=name, path=str(opts["path"]), comment=str(opts.get("comment", "")),
-                                         **flags, **lists))
+    out: dict = cfg.server.model_dump()
+    out["users"] = [make_user(name, secret, f"{path}: [users] {name}") for name, secret in cfg.users.items()]
+    out["shares"] = [ShareConfig(name=name, **sh.model_dump()) for name, sh in cfg.shares.items()]
     return out
 
 
@@ -217,7 +152,7 @@ def build(args) -> Settings:
     """Merge the config file (if any) with the command line (which wins) and validate."""
     file_opts: dict = {"shares": [], "users": []}
     if args.config:
-        file_opts = from_toml(load_toml(args.config), args.config)
+        file_opts = from_file(args.config)
     shares = list(file_opts["shares"]) + [parse_share(s) for s in args.share or []]
     users = list(file_opts["users"]) + [parse_user(u, "--user") for u in args.user or []]
     users_file = args.users or file_opts.get("users_file")
@@ -239,34 +174,24 @@ def build(args) -> Settings:
     shares = [_check_share(s) for s in shares]
     if not users and not file_users and not any(s.guest_ok for s in shares):
         raise ConfigError("no user configured (--user NAME:PASSWORD or --users FILE) and no guest share")
-    encrypt = args.encrypt or file_opts.get("encrypt", "auto")
-    try:
-        policy = EncryptPolicy(encrypt)
-    except ValueError:
-        raise ConfigError(f"encrypt must be off, auto, desired or required, got {encrypt!r}") from None
+    # The file's values passed the schema and argparse restricts the command line's choices.
+    policy = EncryptPolicy(args.encrypt or file_opts.get("encrypt", "auto"))
     signing = args.signing or file_opts.get("signing", "auto")
-    if signing not in ("auto", "required"):
-        raise ConfigError(f"signing must be auto or required, got {signing!r}")
     port = args.port if args.port is not None else file_opts.get("port", DEFAULT_PORT)
-    if not isinstance(port, int) or not 0 < port < 65536:
+    if not 0 < port < 65536:
         raise ConfigError(f"port must be 1..65535, got {port!r}")
     listen = args.listen or file_opts.get("listen") or ["0.0.0.0"]
-    if isinstance(listen, str):
-        listen = [listen]
     devices = args.device if args.device else file_opts.get("devices")
     if args.no_rdma:
         devices = []
-    max_io = int(file_opts.get("max_io_size", 8 * 1024 * 1024))
-    if not 65536 <= max_io <= 8 * 1024 * 1024:
-        raise ConfigError("max_io_size must be between 64 KiB and 8 MiB")
-    torture_hooks = (getattr(args, "smbtorture_fsctl", False)
-                     or _bool(file_opts.get("smbtorture_fsctl", False), "smbtorture_fsctl"))
+    max_io = file_opts.get("max_io_size", config_schema.MAX_IO)
+    torture_hooks = getattr(args, "smbtorture_fsctl", False) or file_opts.get("smbtorture_fsctl", False)
     server = ServerConfig(shares=tuple(shares), users=tuple(users), encrypt=policy,
                           users_file=os.path.abspath(users_file) if users_file else "",
                           signing_required=(signing == "required"),
-                          netbios_name=str(file_opts.get("netbios_name", "SMBDD"))[:15].upper(),
-                          domain=str(file_opts.get("workgroup", "WORKGROUP")).upper(), max_io_size=max_io,
-                          smbtorture_fsctl=torture_hooks, hosts_allow=tuple(file_opts.get("hosts_allow", ())),
-                          hosts_deny=tuple(file_opts.get("hosts_deny", ())))
+                          netbios_name=file_opts.get("netbios_name", "SMBDD").upper(),
+                          domain=file_opts.get("workgroup", "WORKGROUP").upper(), max_io_size=max_io,
+                          smbtorture_fsctl=torture_hooks, hosts_allow=tuple(file_opts.get("hosts_allow") or ()),
+                          hosts_deny=tuple(file_opts.get("hosts_deny") or ()))
     return Settings(server=server, listen=list(listen), port=port, devices=devices,
                     rdma_port=file_opts.get("rdma_port"), banner=banner, state_dir=state_dir)

@@ -300,13 +300,14 @@ def test_server_hosts_deny_refuses_before_negotiate(tmp_path):
 def test_bad_access_settings_are_one_clear_line(tmp_path):
     conf = tmp_path / "smbdd.toml"
     for body, message in [('[server]\nhosts_deny = ["10.0.0.300"]\n', "is not an address"),
-                          (f'[shares.x]\npath = "{tmp_path}"\nvalid_users = [1, 2]\n', "must be a list of names"),
+                          (f'[shares.x]\npath = "{tmp_path}"\nvalid_users = ["ok", 2]\n', "valid string"),
+                          (f'[shares.x]\npath = "{tmp_path}"\nread_list = "bad/name"\n', "not a user name"),
                           ('[server]\nusers_file = "/nonexistent/users"\n', "No such file")]:
         conf.write_text(body)
         r = subprocess.run([*SMBDD, "--config", str(conf), "--share", f"d={tmp_path}", "--user", "a:b",
                             "--port", "1", "--no-rdma"], capture_output=True, text=True, timeout=30)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (body, r.stderr)
-        assert len(r.stderr.strip().splitlines()) == 1
+        assert len(r.stderr.strip().splitlines()) == 1 and f"{conf}:{len(body.splitlines())}:" in r.stderr
 
 
 def test_guest_is_no_user(tmp_path):
