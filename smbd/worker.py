@@ -71,6 +71,8 @@ class Worker:
             caching.serve_requests(self.server)
             channel_move.serve_requests(self.server, self._open_moved_channel)
             send_record(self.control, {"op": "ready"})
+        elif op == "reconfigure" and self.server is not None:
+            self.server.reconfigure(ServerConfig.from_json(record["config"]))
         elif op == "message" and self.server is not None and self.server.messenger is not None:
             self.server.messenger.deliver(record, fds)
         elif op == "tcp" and self.server is not None and fds:

@@ -78,6 +78,7 @@ async def serve(settings: Settings, args) -> int:
         loop.add_signal_handler(sig, stop.set)
     if proxy is not None and settings.server.smbtorture_fsctl:
         loop.add_signal_handler(signal.SIGUSR2, proxy.cut_newest_connection)
+    loop.add_signal_handler(signal.SIGHUP, reload, settings, args, supervisor)
     await stop.wait()
     log.info("shutting down: no new connections, finishing in-flight requests")
     acceptor.close()
@@ -88,6 +89,29 @@ async def serve(settings: Settings, args) -> int:
         await proxy.close()
     log.info("stopped")
     return 0
+
+
+def reload(settings: Settings, args, supervisor: Supervisor) -> None:
+    """SIGHUP: the configuration file and command line read again; shares, users and
+    access lists change for new logons and tree connects, connected clients stay. A file
+    with mistakes changes nothing. Addresses, ports, devices and the state directory are
+    bound at the start and stay until a restart."""
+    try:
+        fresh = build(args)
+    except ConfigError as e:
+        log.error("reload refused, the configuration stays as it was:\n%s", e)
+        return
+    fixed = ("listen", "port", "devices", "rdma_port", "state_dir")
+    changed = [k for k in fixed if getattr(fresh, k) != getattr(settings, k)]
+    if changed:
+        log.warning("reload: %s change only at the next start", ", ".join(changed))
+    current = supervisor.config
+    # What the running server fixed at the start: its identity, its stores, its RDMA.
+    supervisor.reconfigure(replace(fresh.server, server_guid=current.server_guid, runtime_dir=current.runtime_dir,
+                                   state_dir=current.state_dir, rdma_interfaces=current.rdma_interfaces,
+                                   max_io_size=current.max_io_size))
+    log.info("reloaded: %d share(s), %d user(s) in the configuration%s", len(fresh.server.shares),
+             len(fresh.server.users), f", users file {fresh.server.users_file}" if fresh.server.users_file else "")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -129,6 +129,18 @@ class Supervisor:
             log.info("worker %d serves client %s", proc.pid, key or "(no ClientGUID)")
         return handle
 
+    def reconfigure(self, config: ServerConfig) -> None:
+        """A reload (SIGHUP): every worker, spares too, takes the new shares, users and access
+        lists for what comes next; connected clients stay. Workers started later get it
+        with their first record."""
+        self.config = config
+        for handle in list(self.workers):
+            if handle.proc.returncode is None and not handle.exiting:
+                try:
+                    self._send(handle, {"op": "reconfigure", "config": config.to_json()})
+                except OSError as e:  # a worker on its way out; its clients are gone with it
+                    log.warning("worker %d did not take the new configuration: %s", handle.proc.pid, e)
+
     def _send(self, handle: WorkerHandle, record: dict, fds: list[int] = ()) -> None:
         send_record(handle.control, {**record, "seq": handle.sent}, fds)
         handle.sent += 1

@@ -142,7 +142,7 @@ class ServerState:
         self.connections: set["SmbConnection"] = set()
         self.start_time = time.time()
         self.io_pool = ThreadPoolExecutor(max_workers=config.io_threads, thread_name_prefix="smbd-io")
-        self._vfs: dict[tuple[str, bool], "VfsShare"] = {}  # (share, read-only)
+        self._vfs: dict[tuple[str, str, bool], "VfsShare"] = {}  # (share, path, read-only)
         self._volatile = itertools.count(1)
         self._opens_by_file: dict[int, int] = {}  # file key (inode) -> local open count
         self._delete_pending: set[int] = set()
@@ -291,6 +291,14 @@ class ServerState:
         except Exception as e:  # the store gone: this worker's own opens still see it
             log.warning("delete-pending record of file %d not written: %s", key, e)
 
+    def reconfigure(self, config: ServerConfig) -> None:
+        """A reload: shares, users and access lists count from the next logon and tree
+        connect. Sessions, trees and opens stay as they are, with the VFS they have (a
+        share whose path changed gets a new one for new trees)."""
+        self.config = config
+        self.accounts = AccountDirectory(config.users, config.users_file)
+        log.info("configuration reloaded: shares %s", ", ".join(s.name for s in config.shares))
+
     def vfs_for(self, share_name: str, read_only: bool | None = None) -> "VfsShare":
         """The VFS root of a share, opened once per worker; a second, read-only (or writable)
         one for the users a read_list (write_list) sets apart (smbd.server.access)."""
@@ -299,10 +307,11 @@ class ServerState:
         share = self.config.share(share_name)
         assert share is not None
         read_only = share.read_only if read_only is None else read_only
-        vfs = self._vfs.get((share.name, read_only))
+        key = (share.name, share.path, read_only)
+        vfs = self._vfs.get(key)
         if vfs is None:
             vfs = VfsShare(share.path, read_only=read_only)
-            self._vfs[(share.name, read_only)] = vfs
+            self._vfs[key] = vfs
         return vfs
 
     async def io(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
