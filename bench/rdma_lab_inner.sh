@@ -152,7 +152,7 @@ wait_no_listener() {  # wait_no_listener WHO: the previous server's RDMA listene
 ready() { [[ $(grep -c "worker [0-9]* ready" "$LAB_OUT/bench-smbdd.log") -gt $(grep -c "serves client" "$LAB_OUT/bench-smbdd.log") ]]; }
 smbdd_round() {
     wait_no_listener smbdd || return 1
-    "$LAB_PYTHON" -m smbdd.cli --share "data=$share" --user bench:bench-pw --listen 127.0.0.1 --port 4455 \
+    "$LAB_PYTHON" -m smbdd.cli --share "data=$share" --user bench:bench-pw --unix-identity daemon --listen 127.0.0.1 --port 4455 \
         --device rxe0 --spare-workers 2 >"$LAB_OUT/bench-smbdd.log" 2>&1 &
     smbdd_pid=$!
     for _ in $(seq 300); do ready && break; sleep 1; done

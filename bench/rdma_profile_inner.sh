@@ -17,7 +17,7 @@ share=/tmp/prof-share; mnt=/tmp/prof-mnt
 mkdir -p "$share" "$mnt"
 truncate -s 1G /run/prof-ext4.img && mkfs.ext4 -q -F /run/prof-ext4.img && modprobe loop 2>/dev/null
 mount -o loop /run/prof-ext4.img "$share" || echo "ext4 share unavailable: profiling on /tmp" >&2
-"$LAB_PYTHON" -m smbdd.cli --share "data=$share" --user prof:prof-pw --listen 127.0.0.1 --port 4455 \
+"$LAB_PYTHON" -m smbdd.cli --share "data=$share" --user prof:prof-pw --unix-identity daemon --listen 127.0.0.1 --port 4455 \
     --device rxe0 --spare-workers 1 >"$LAB_OUT/smbdd.log" 2>&1 &
 smbdd_pid=$!
 for _ in $(seq 300); do grep -q "worker [0-9]* ready" "$LAB_OUT/smbdd.log" && break; sleep 1; done

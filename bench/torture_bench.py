@@ -71,6 +71,10 @@ def smbdd_at(rev: str, base: Path) -> tuple[Path, ServerUnderTest]:
                    capture_output=True)
     server = build_smbdd_server([sys.executable, "-m", "smbdd.cli"], SecurityProfile(),
                                 world_traversable_dir(base / f"work-{rev}"))
+    if subprocess.run(["git", "-C", str(REPO), "grep", "-q", "unix-identity", rev, "--", "smbdd/cli.py"]).returncode:
+        # Older than user identities: it knows no --unix-identity and runs all as itself anyway.
+        i = server.argv.index("--unix-identity")
+        del server.argv[i:i + 2]
     server.env = {**os.environ, "PYTHONPATH": str(tree)}
     server.cwd = tree
     return tree, server

@@ -5,6 +5,7 @@ import argparse
 import asyncio
 import errno
 import logging
+import os
 import signal
 import sys
 from dataclasses import replace
@@ -41,6 +42,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--smbtorture-fsctl", action="store_true",
                    help="test only: simulated failures: answer smbtorture's FSCTL_SMBTORTURE_* codes, "
                         "and on SIGUSR2 cut the newest SMB Direct connection")
+    p.add_argument("--unix-identity", choices=["users", "daemon"],
+                   help="users (default): each user's file operations run as their Unix account; "
+                        "daemon: all as smbdd's own account")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -63,6 +67,9 @@ async def serve(settings: Settings, args) -> int:
         proxy = await start_rdma(settings, supervisor, args)
     await supervisor.start()
     acceptor.start()
+    if settings.server.unix_identity == "users" and os.geteuid() != 0:
+        print(f"smbdd: not root: every user's file operations run as this account (uid {os.geteuid()})",
+              flush=True)
     for line in settings.banner:
         print(f"smbdd: {line}", flush=True)
     ports = ", ".join(f"{a}:{settings.port}" for a in settings.listen)

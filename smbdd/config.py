@@ -33,6 +33,7 @@ TOML layout::
 from __future__ import annotations
 
 import os
+import pwd
 import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -136,7 +137,8 @@ def lab_default(state_dir: Path) -> tuple[ShareConfig, UserEntry, str, list[str]
         fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(password + "\n")
-    return (ShareConfig(name="share", path=str(share_dir)), UserEntry(LAB_USER, nt_hash(password)), password,
+    own = pwd.getpwuid(os.geteuid()).pw_name  # the lab user's files are smbdd's own
+    return (ShareConfig(name="share", path=str(share_dir)), UserEntry(LAB_USER, nt_hash(password), own), password,
             [f"lab default: share 'share' -> {share_dir}", f"user {LAB_USER}, password {password} "
              f"(kept in {secret_file})"])
 
@@ -186,12 +188,14 @@ def build(args) -> Settings:
         devices = []
     max_io = file_opts.get("max_io_size", config_schema.MAX_IO)
     torture_hooks = getattr(args, "smbtorture_fsctl", False) or file_opts.get("smbtorture_fsctl", False)
+    unix_identity = getattr(args, "unix_identity", None) or file_opts.get("unix_identity", "users")
     server = ServerConfig(shares=tuple(shares), users=tuple(users), encrypt=policy,
                           users_file=os.path.abspath(users_file) if users_file else "",
                           signing_required=(signing == "required"),
                           netbios_name=file_opts.get("netbios_name", "SMBDD").upper(),
                           domain=file_opts.get("workgroup", "WORKGROUP").upper(), max_io_size=max_io,
-                          smbtorture_fsctl=torture_hooks, hosts_allow=tuple(file_opts.get("hosts_allow") or ()),
+                          smbtorture_fsctl=torture_hooks, unix_identity=unix_identity,
+                          guest_account=file_opts.get("guest_account", "nobody"), hosts_allow=tuple(file_opts.get("hosts_allow") or ()),
                           hosts_deny=tuple(file_opts.get("hosts_deny") or ()))
     return Settings(server=server, listen=list(listen), port=port, devices=devices,
                     rdma_port=file_opts.get("rdma_port"), banner=banner, state_dir=state_dir)

@@ -99,6 +99,8 @@ class ServerSection(_Section):
     rdma_port: Port | None = None
     state_dir: StrictStr | None = None
     smbtorture_fsctl: StrictBool = False
+    unix_identity: Literal["users", "daemon"] = "users"
+    guest_account: Annotated[StrictStr, Field(min_length=1)] = "nobody"
     hosts_allow: HostList = []
     hosts_deny: HostList = []
 

@@ -23,6 +23,10 @@ class Smbdd:
         self.log_path = tmp / f"smbdd-{self.port}.log"
         args = [*SMBDD, "--share", f"data={self.share}", "--listen", "127.0.0.1", "--port", str(self.port),
                 "--no-rdma", *extra]
+        if "--unix-identity" not in extra:
+            # Test users have no Unix accounts: their files are the server's, as before
+            # accounts (tests/test_identity.py runs with "users").
+            args += ["--unix-identity", "daemon"]
         if "--state-dir" not in extra:
             args += ["--state-dir", str(tmp / "state")]  # its own ServerGuid and persistent store
         if user:

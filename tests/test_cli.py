@@ -110,7 +110,7 @@ guest_ok = true
 path = "{tmp_path}/sealed"
 encrypt = true
 """)
-    proc = subprocess.Popen([*SMBDD, "--config", str(conf), "--no-rdma"], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([*SMBDD, "--config", str(conf), "--no-rdma", "--unix-identity", "daemon"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         wait_for_port("127.0.0.1", port, 20, proc)

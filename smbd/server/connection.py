@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
-from smbd import crypto
+from smbd import crypto, identity
 from smbd.core import compound
 from smbd.core.credits import CreditWindow, required_charge
 from smbd.status import NtStatus, ProtocolViolation, SmbError, status_name
@@ -328,6 +328,9 @@ class SmbConnection:
             if handler is None:  # before the session checks, as Windows and Samba answer it
                 raise SmbError(NtStatus.INVALID_PARAMETER, "unknown command")
             self._prepare(req, related, encrypted_session)
+            # The file operations of this request run as the session's Unix account
+            # (smbd.server.identity); this task's own copy of the variable.
+            identity.current.set(req.session.creds if req.session is not None else None)
             try:
                 body = await handler(req)
             finally:

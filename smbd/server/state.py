@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from smbd import identity
 from smbd.accounts import AccountDirectory
 from smbd.store import MemoryStore, StateStore, open_persistent, open_volatile
 
@@ -310,7 +311,8 @@ class ServerState:
         key = (share.name, share.path, read_only)
         vfs = self._vfs.get(key)
         if vfs is None:
-            vfs = VfsShare(share.path, read_only=read_only)
+            with identity.as_server():  # shared by every user of the share
+                vfs = VfsShare(share.path, read_only=read_only)
             self._vfs[key] = vfs
         return vfs
 
@@ -318,7 +320,7 @@ class ServerState:
         """Run blocking file-system work on the helper threads, never on the event loop."""
         if kwargs:
             fn = functools.partial(fn, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self.io_pool, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.io_pool, identity.bound(fn), *args)
 
     async def brief_io(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a metadata call that takes microseconds while the file system's metadata is
@@ -331,7 +333,7 @@ class ServerState:
         waits for the loop, a call that does block delays only its own reply, as in
         write_from; with other requests in flight it goes to a thread as before."""
         if self.only_request_in_flight():
-            return fn(*args)
+            return identity.run_as(identity.current.get(), fn, *args)
         return await self.io(fn, *args)
 
     async def read_into(self, vfs: "VfsShare", fd: int, buf: memoryview, offset: int) -> int:

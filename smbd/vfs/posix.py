@@ -118,6 +118,22 @@ class Share:
         #: system keeps no user xattrs, and then no stream can be created.
         self.streams = StreamDepot(self.root_fd, real)
 
+    def stat_parent(self, components: tuple[str, ...]) -> os.stat_result:
+        """The directory holding ``components`` (not the share root itself)."""
+        fd, _ = self._path_fd(tuple(components[:-1]))
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+
+    def check_entry(self) -> None:
+        """That the calling thread's user (smbd.identity) may search and list the share's
+        root, as Samba's chdir into it as the user checks. The directories above it are
+        the server's business: the root itself is opened as the server, once."""
+        with translate_oserror():
+            fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.root_fd)
+        os.close(fd)
+
     # -- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:
         fd, self.root_fd = self.root_fd, -1

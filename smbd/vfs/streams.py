@@ -24,18 +24,20 @@ component, no ``/``), opened relative to a folder fd with O_NOFOLLOW.
 
 The depot belongs to the server process (folders 0700, stream files 0600): who may open a
 stream is decided by its file's DACL and share modes, never by the depot's own permissions.
-(When file operations come to run with each user's uid, the depot must stay the server's.)
+File operations run with each user's uid (smbd.identity); the depot's methods run as the server.
 
 Blocking and thread-safe: the worker calls this from its I/O threads.  Errors are SmbError.
 """
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import secrets
 import stat
 from dataclasses import dataclass
 
+from smbd import identity
 from smbd.status import NtStatus, SmbError
 
 from .errors import translate_oserror
@@ -69,6 +71,15 @@ class OpenedStream:
 
 def _casefold(name: str) -> str:
     return name.casefold()
+
+
+def _as_server(method):
+    """The depot is the server's, whoever's operation reaches it (smbd.identity)."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with identity.as_server():
+            return method(*args, **kwargs)
+    return wrapper
 
 
 class StreamDepot:
@@ -105,6 +116,7 @@ class StreamDepot:
             return False
         return path == self._depot_path or path.startswith(self._depot_path + "/")
 
+    @_as_server
     def folder_path(self, path: str) -> str | None:
         """The path of the stream folder of the file at ``path`` (not followed if a link), if it
         has one: for change-notify watches of stream changes."""
@@ -154,6 +166,7 @@ class StreamDepot:
             if fd >= 0:
                 os.close(fd)
 
+    @_as_server
     def folder(self, base_fd: int, *, create: bool = False) -> int | None:
         """An O_DIRECTORY fd of the file's stream folder; None if it has none (and not ``create``)."""
         if not self.supported:
@@ -204,6 +217,7 @@ class StreamDepot:
                 return stored
         return None
 
+    @_as_server
     def list(self, base_fd: int) -> list[StreamEntry]:
         """The named streams of a file, in no particular order."""
         folder = self.folder(base_fd)
@@ -223,6 +237,7 @@ class StreamDepot:
         finally:
             os.close(folder)
 
+    @_as_server
     def exists(self, base_fd: int, name: str) -> bool:
         folder = self.folder(base_fd)
         if folder is None:
@@ -233,6 +248,7 @@ class StreamDepot:
         finally:
             os.close(folder)
 
+    @_as_server
     def open(self, base_fd: int, name: str, *, create: bool, exclusive: bool, write: bool,
              truncate: bool) -> OpenedStream:
         """Open (and maybe create) the named stream of an open file.  ``create`` makes a missing
@@ -269,6 +285,7 @@ class StreamDepot:
         finally:
             os.close(folder)
 
+    @_as_server
     def remove(self, base_fd: int, name: str) -> None:
         """Delete one named stream (its last SMB handle closed with delete pending)."""
         folder = self.folder(base_fd)
@@ -282,6 +299,7 @@ class StreamDepot:
         finally:
             os.close(folder)
 
+    @_as_server
     def rename(self, base_fd: int, old: str, new: str, *, replace: bool) -> str:
         """Rename a named stream of the file (MS-FSA 2.1.5.15.11.1); returns the new stored name.
         An existing target is OBJECT_NAME_COLLISION unless ``replace``; renaming a stream onto
@@ -307,6 +325,7 @@ class StreamDepot:
         finally:
             os.close(folder)
 
+    @_as_server
     def remove_all(self, base_fd: int) -> None:
         """Delete every named stream of a file and its folder (the file is deleted, superseded
         or overwritten: MS-FSA 2.1.5.1.2.1 keeps only the unnamed stream)."""

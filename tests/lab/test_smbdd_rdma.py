@@ -55,7 +55,7 @@ class LabServer:
         self.log_path = Path(os.environ.get("LAB_OUT", root)) / f"{name}.log"
         self.command = [sys.executable, "-m", "smbdd.cli", "--share", f"data={self.share}",
                         "--user", f"{USER}:{PASSWORD}", "--listen", "127.0.0.1", "--listen", TCP_ONLY,
-                        "--port", str(port), "--spare-workers", "2",
+                        "--port", str(port), "--spare-workers", "2", "--unix-identity", "daemon",
                         *(["--device", "rxe0"] if rdma else ["--no-rdma"]), *extra]
         self.rdma = rdma
         self._log = open(self.log_path, "w")

@@ -163,7 +163,8 @@ def smbdd_argv(*, share_name: str, share_path: Path, user: str, password: str, h
     ask for encryption, which is smbdd's "auto"; smbdd's "off" would not offer it at all."""
     argv = [executable, "--share", f"{share_name}={share_path}",
             "--user", f"{user}:{password}", "--listen", host, "--port", str(port), "--no-rdma",
-            "--encrypt", {"off": "auto"}.get(profile.encrypt, profile.encrypt)]
+            "--encrypt", {"off": "auto"}.get(profile.encrypt, profile.encrypt),
+            "--unix-identity", "daemon"]  # the test user has no Unix account
     if profile.signing == "mandatory":
         argv += ["--signing", "required"]
     if config is not None:

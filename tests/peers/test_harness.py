@@ -93,10 +93,11 @@ def test_smbdd_argv_matches_agreed_command_line(tmp_path):
     argv = smbdd_argv(share_name="share", share_path=tmp_path, user="u", password="p:w",
                       host="127.0.0.1", port=4455, profile=ENCRYPTION_REQUIRED)
     assert argv == ["smbdd", "--share", f"share={tmp_path}", "--user", "u:p:w",
-                    "--listen", "127.0.0.1", "--port", "4455", "--no-rdma", "--encrypt", "required"]
+                    "--listen", "127.0.0.1", "--port", "4455", "--no-rdma", "--encrypt", "required",
+                    "--unix-identity", "daemon"]
     argv = smbdd_argv(share_name="share", share_path=tmp_path, user="u", password="p",
                       host="127.0.0.1", port=4455, profile=SIGNING_REQUIRED)
-    assert argv[-4:] == ["--encrypt", "auto", "--signing", "required"]
+    assert argv[-6:] == ["--encrypt", "auto", "--unix-identity", "daemon", "--signing", "required"]
 
 
 def test_parse_ls_real_smbclient_lines():

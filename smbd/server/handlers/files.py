@@ -9,6 +9,7 @@ import os
 import struct
 from typing import TYPE_CHECKING
 
+from smbd import identity
 from smbd.core.credits import required_charge
 from smbd.fscc.constants import FileAttributes
 from smbd.security.access import maximal_access, narrow_by_stored_dacl
@@ -398,6 +399,11 @@ def _open_once(server: "ServerState", req: "Request", create: CreateRequest, com
         if not create_new:  # a client-stored DACL can only narrow access (smbd.security.access)
             access = narrow_by_stored_dacl(fd, access, create.desired_access, truncate=truncate,
                                            anonymous=req.session.is_anonymous, guest=req.session.is_guest)
+            if access & Access.DELETE and components and req.session.creds is not None and not identity.may_delete(
+                    req.session.creds, vfs.stat_parent(components), os.fstat(fd)):
+                if not create.desired_access & Access.MAXIMUM_ALLOWED:
+                    raise SmbError(NtStatus.ACCESS_DENIED, "the user may not delete in the directory")
+                access &= ~Access.DELETE  # MAXIMUM_ALLOWED: all but what POSIX refuses
         try:
             sharemode.acquire(fd, access, create.share_access)
         except SmbError as e:

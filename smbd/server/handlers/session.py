@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from smbd import crypto
+from smbd import crypto, identity
 from smbd.auth.ntlm import AuthError, AuthResult, NtlmServer
 from smbd.auth.spnego import SpnegoServer, StepResult
 from smbd.status import NtStatus, SmbError
@@ -265,10 +265,32 @@ def _complete_bind(req: "Request", session: Session, auth: SessionAuth, res: Aut
     return session_setup_response(0, token)
 
 
+def _credentials(req: "Request", res: AuthResult) -> identity.Credentials | None:
+    """The Unix account the session's file operations run as (smbd.server.identity): the
+    user's ``unix_user`` or the account of the same name, the guest account for guest and
+    anonymous logons. No such account: the logon fails, as in Samba. None (the server's own
+    identity) with ``unix_identity = "daemon"`` or when the server is not root."""
+    cfg = req.server.config
+    if cfg.unix_identity != "users" or not identity.supported():
+        return None
+    if res.is_guest or res.is_anonymous:
+        name = cfg.guest_account
+    else:
+        account = req.server.accounts.lookup(res.user)
+        name = account.unix_name if account is not None else res.user
+    creds = identity.Credentials.of_account(name)
+    if creds is None:
+        log.warning("%s: logon of %s refused: no Unix account %r", req.conn.transport.peer,
+                    res.user or "(anonymous)", name)
+        raise SmbError(NtStatus.LOGON_FAILURE, f"no Unix account {name!r}")
+    return creds
+
+
 def _complete_reauth(req: "Request", session: Session, auth: SessionAuth, res: AuthResult,
                      setup: SessionSetupRequest, token: bytes) -> bytes:
     """Re-authentication: the session takes the new identity and keeps its keys (the
     keys are derived once, 3.3.5.5.3); opens and trees stay (smbtorture reauth1-3)."""
+    session.creds = _credentials(req, res)
     session.user, session.domain = res.user, res.domain
     session.is_guest, session.is_anonymous = res.is_guest, res.is_anonymous
     if session.keys is None and res.session_key and not (res.is_guest or res.is_anonymous):
@@ -290,6 +312,7 @@ def _complete_new(req: "Request", session: Session, auth: SessionAuth, res: Auth
     """A new session is authenticated: keys, signing and encryption policy (3.3.5.5.3)."""
     conn = req.conn
     cfg = req.server.config
+    session.creds = _credentials(req, res)
     session.user, session.domain = res.user, res.domain
     session.is_guest, session.is_anonymous = res.is_guest, res.is_anonymous
     flags = 0
@@ -395,6 +418,8 @@ async def handle_tree_connect(req: "Request") -> bytes:
         raise SmbError(NtStatus.ACCESS_DENIED, "share requires encryption")
     try:
         vfs = await req.server.io(req.server.vfs_for, share.name, decision.read_only)
+        if session.creds is not None:
+            await req.server.io(vfs.check_entry)  # as the user: SmbError ACCESS_DENIED if not
     except OSError as e:
         log.error("share %s: cannot open %s: %s", share.name, share.path, e)
         raise SmbError(NtStatus.BAD_NETWORK_NAME, "share path unavailable") from e
