@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -71,6 +72,8 @@ class Worker:
             caching.serve_requests(self.server)
             channel_move.serve_requests(self.server, self._open_moved_channel)
             send_record(self.control, {"op": "ready"})
+        elif op == "status":
+            self._send_status(record.get("id"))
         elif op == "reconfigure" and self.server is not None:
             self.server.reconfigure(ServerConfig.from_json(record["config"]))
         elif op == "message" and self.server is not None and self.server.messenger is not None:
@@ -92,6 +95,20 @@ class Worker:
             for fd in fds:
                 os.close(fd)
             log.warning("unexpected control record %r", op)
+
+    def _send_status(self, request_id) -> None:
+        """What this worker serves, for `smbdd status` (smbd.server.status); lists cut short
+        to fit one control record, and marked so."""
+        from smbd.control import MAX_RECORD
+        from smbd.server.status import snapshot
+
+        snap = snapshot(self.server, os.getpid()) if self.server is not None else {"pid": os.getpid()}
+        reply = {"op": "status", "id": request_id, "status": snap}
+        while len(json.dumps(reply)) > MAX_RECORD - 1024:
+            longest = max(("opens", "locks", "durable_waiting"), key=lambda k: len(snap.get(k, ())))
+            snap[longest] = snap[longest][: len(snap[longest]) // 2]
+            snap["truncated"] = True
+        send_record(self.control, reply)
 
     async def _serve_tcp(self, fd: int, peer: str, first: bytes, paused: bool = False) -> SmbConnection:
         sock = socket.socket(fileno=fd)

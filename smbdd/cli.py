@@ -13,6 +13,7 @@ from dataclasses import replace
 from .acceptor import Acceptor
 from .config import ConfigError, Settings, build
 from .state import StateError, make_runtime_dir, stable_server_guid
+from .status import StatusService
 from .supervisor import Supervisor
 
 log = logging.getLogger("smbdd")
@@ -21,8 +22,9 @@ SHUTDOWN_GRACE = 15.0
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smbdd", description="SMB3 file server with an SMB Direct (RDMA) proxy.",
-                                epilog="smbdd user {add,passwd,del,list}: manage the password database; "
-                                       "smbdd check-config FILE: check a configuration file")
+                                epilog="smbdd user {add,passwd,del,list}: the password database; "
+                                       "smbdd check-config FILE: check a configuration; "
+                                       "smbdd status [--json]: who is connected and what they hold")
     p.add_argument("--share", action="append", metavar="NAME=PATH", help="share a directory (repeatable)")
     p.add_argument("--user", action="append", metavar="NAME:PASSWORD", help="add a user (repeatable)")
     p.add_argument("--users", metavar="FILE", help="the password database (`smbdd user`); re-read when it changes")
@@ -66,6 +68,8 @@ async def serve(settings: Settings, args) -> int:
         from .rdma_start import start_rdma
         proxy = await start_rdma(settings, supervisor, args)
     await supervisor.start()
+    status = StatusService(settings.server.runtime_dir, supervisor, proxy)
+    await status.start()
     acceptor.start()
     if settings.server.unix_identity == "users" and os.geteuid() != 0:
         print(f"smbdd: not root: every user's file operations run as this account (uid {os.geteuid()})",
@@ -89,6 +93,7 @@ async def serve(settings: Settings, args) -> int:
     await stop.wait()
     log.info("shutting down: no new connections, finishing in-flight requests")
     acceptor.close()
+    await status.close()
     if proxy is not None:
         await proxy.stop_listening()
     await supervisor.shutdown(SHUTDOWN_GRACE)
@@ -127,6 +132,10 @@ def main(argv: list[str] | None = None) -> None:
         from .users_cli import main as user_main
 
         sys.exit(user_main(argv[1:]))
+    if argv[:1] == ["status"]:
+        from .status import main as status_main
+
+        sys.exit(status_main(argv[1:]))
     if argv[:1] == ["check-config"]:
         from .check_config_cli import main as check_main
 

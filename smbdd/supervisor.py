@@ -6,6 +6,7 @@ the next connection of that client gets a fresh worker.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import shutil
@@ -61,6 +62,8 @@ class Supervisor:
         self.persistent_store = (open_persistent(Path(config.state_dir) / "store")
                                  if config.state_dir else None)
         self._expiry: asyncio.Task | None = None
+        self._status_ids = itertools.count(1)
+        self._status_waiters: dict[int, asyncio.Future] = {}
 
     async def start(self) -> None:
         if self.persistent_store is not None:
@@ -141,6 +144,31 @@ class Supervisor:
                 except OSError as e:  # a worker on its way out; its clients are gone with it
                     log.warning("worker %d did not take the new configuration: %s", handle.proc.pid, e)
 
+    async def status(self, timeout: float = 3.0) -> list[dict]:
+        """Every serving worker's snapshot (smbd.server.status); a worker that does not
+        answer in time is listed with the reason."""
+        loop = asyncio.get_running_loop()
+        asked = []
+        for handle in list(self.workers):
+            if handle.proc.returncode is not None or handle.exiting or handle in self.spares:
+                continue
+            request_id = next(self._status_ids)
+            waiter = self._status_waiters[request_id] = loop.create_future()
+            try:
+                self._send(handle, {"op": "status", "id": request_id})
+            except OSError:
+                self._status_waiters.pop(request_id, None)
+                continue
+            asked.append((handle, request_id, waiter))
+        out = []
+        for handle, request_id, waiter in asked:
+            try:
+                out.append(await asyncio.wait_for(waiter, timeout))
+            except asyncio.TimeoutError:
+                self._status_waiters.pop(request_id, None)
+                out.append({"pid": handle.proc.pid, "error": "did not answer"})
+        return out
+
     def _send(self, handle: WorkerHandle, record: dict, fds: list[int] = ()) -> None:
         send_record(handle.control, {**record, "seq": handle.sent}, fds)
         handle.sent += 1
@@ -161,7 +189,11 @@ class Supervisor:
             if record is None:
                 asyncio.get_running_loop().remove_reader(handle.control.fileno())
                 return
-            if record.get("op") == "ready":
+            if record.get("op") == "status":
+                waiter = self._status_waiters.pop(record.get("id"), None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(record.get("status") or {})
+            elif record.get("op") == "ready":
                 log.info("worker %d ready", handle.proc.pid)
             elif record.get("op") == "idle" and not handle.exiting:
                 # Retire the worker only if it has seen everything we sent it.

@@ -145,6 +145,7 @@ class SmbConnection:
         # Order of arrival: breaks try a client's channels in this order, as Samba's
         # ChannelId (smbd.server.break_delivery).
         self.serial = next(SmbConnection._serials)
+        self.bytes_in = self.bytes_out = 0  # SMB2 messages as they crossed the transport (smbdd status)
         self.dialect = 0
         self.client_guid = None
         self.client_capabilities = 0
@@ -214,6 +215,7 @@ class SmbConnection:
         ``charged``: its MessageId was consumed where it first arrived (a moved channel)."""
         if self.closed:
             return
+        self.bytes_in += len(raw)
         msg = memoryview(raw)
         if raw[:4] == SMB1_ID:
             if self.negotiated:
@@ -223,6 +225,7 @@ class SmbConnection:
         encrypted_session = None
         if raw[:4] == TRANSFORM_ID:
             encrypted_session, msg = self._decrypt(raw)
+            encrypted_session.client_encrypts = True  # for smbdd status, when not required
         elif raw[:4] != PROTOCOL_ID:
             raise ProtocolViolation(f"unknown protocol id {raw[:4].hex()}")
         parts = compound.split(msg)
@@ -496,6 +499,7 @@ class SmbConnection:
             plain = b"".join(bytes(p) for p in message)
             message = [crypto.encrypt_message(self.cipher, session.keys.encrypting, session.session_id, plain)]
         token = next((r.invalidate_token for r in requests if r.invalidate_token is not None), None)
+        self.bytes_out += sum(len(p) for p in message)
         async with self.send_lock:
             if token is None:
                 await self.transport.send(message)
@@ -541,6 +545,7 @@ class SmbConnection:
         session = self._encrypting_session([req]) if not req.encrypted else req.session
         if session is not None and session.keys and session.keys.encrypting:
             message = [crypto.encrypt_message(self.cipher, session.keys.encrypting, session.session_id, bytes(body))]
+        self.bytes_out += sum(len(p) for p in message)
         async with self.send_lock:
             await self.transport.send(message)
 
@@ -558,6 +563,7 @@ class SmbConnection:
             parts = [crypto.encrypt_message(self.cipher, session.keys.encrypting, session.session_id, message)]
         # SMB Direct: the proxy confirms the break's sending (smbd.server.break_delivery).
         send = getattr(self.transport, "send_tracked", None) or self.transport.send
+        self.bytes_out += sum(len(p) for p in parts)
         async with self.send_lock:
             await send(parts)
 

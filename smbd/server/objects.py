@@ -65,6 +65,7 @@ class Session:
     keys: SessionKeys | None = None
     signing_required: bool = False
     encrypt_data: bool = False
+    client_encrypts: bool = False  # an encrypted request came, whether or not the server asked
     cipher: int = 0
     signing_algorithm: int = 0
     trees: dict[int, TreeConnect] = field(default_factory=dict)

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -125,6 +126,16 @@ def test_multichannel_256_mib_there_and_back(server, tmp_path, transport, lab_re
         run("dd", f"if={mnt / 'big.bin'}", f"of={back}", "bs=1M", "iflag=direct", "status=none", timeout=900)
         read_s = time.monotonic() - start
         assert sha256(back) == digest
+        # smbdd status sees the mount's channels, and over SMB Direct the bytes RDMA moved.
+        doc = json.loads(run(sys.executable, "-m", "smbdd.cli", "status", "--json", "--pid",
+                             str(server.proc.pid)).stdout)
+        channels = [ch for w in doc["workers"] for ch in w.get("channels", ())]
+        want = "smbdirect" if transport == "rdma" else "tcp"
+        mine = [ch for ch in channels if ch["transport"] == want]
+        lab_results[f"multichannel_{transport}_status_channels"] = len(mine)
+        assert len(mine) >= CHANNELS, channels
+        if transport == "rdma":
+            assert sum(ch["rdma"]["rdma_bytes"] for ch in mine if ch.get("rdma")) >= BIG, channels  # one cut
         lab_results[f"multichannel_{transport}_MiBps"] = {"write": round(256 / write_s, 1),
                                                            "read": round(256 / read_s, 1)}
         os.unlink(mnt / "big.bin")
