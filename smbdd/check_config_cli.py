@@ -40,6 +40,8 @@ def render(settings, config_path: str) -> str:
               "users_file": srv.users_file or "none", "netbios_name": srv.netbios_name, "workgroup": srv.domain,
               "max_io_size": srv.max_io_size, "state_dir": str(settings.state_dir),
               "hosts_allow": list(srv.hosts_allow), "hosts_deny": list(srv.hosts_deny),
+              "unix_identity": srv.unix_identity, "guest_account": srv.guest_account,
+              "metrics": f"{settings.metrics[0]}:{settings.metrics[1]}" if settings.metrics else "off",
               "smbtorture_fsctl": srv.smbtorture_fsctl}
     lines += [f"{k} = {_toml_value(v)}" for k, v in server.items()]
     users = [u.name for u in srv.users] + ([u.name for u in accounts.read(srv.users_file)] if srv.users_file else [])

@@ -9,6 +9,9 @@ import os
 import signal
 import sys
 from dataclasses import replace
+from pathlib import Path
+
+from smbd import metrics
 
 from .acceptor import Acceptor
 from .config import ConfigError, Settings, build
@@ -47,6 +50,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--unix-identity", choices=["users", "daemon"],
                    help="users (default): each user's file operations run as their Unix account; "
                         "daemon: all as smbdd's own account")
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics there (off by default; e.g. 127.0.0.1:9445)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -63,6 +68,16 @@ async def serve(settings: Settings, args) -> int:
         print(f"smbdd: cannot listen on port {settings.port} of {', '.join(settings.listen)}: {reason}",
               file=sys.stderr)
         return 1
+    if settings.metrics is not None:
+        # Before any worker starts: they inherit where to count (smbd.metrics).
+        metrics.enable(str(Path(settings.server.runtime_dir) / "metrics"))
+        try:
+            metrics.serve(*settings.metrics)
+        except OSError as e:
+            print(f"smbdd: cannot serve metrics on {settings.metrics[0]}:{settings.metrics[1]}: {e.strerror}",
+                  file=sys.stderr)
+            return 1
+        print(f"smbdd: metrics on http://{settings.metrics[0]}:{settings.metrics[1]}/metrics", flush=True)
     proxy = None
     if settings.devices != []:
         from .rdma_start import start_rdma

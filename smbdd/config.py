@@ -64,6 +64,7 @@ class Settings:
     rdma_port: int | None = None  # None: 445 for IB/RoCE, 5445 for iWARP (MS-SMBD 2.1)
     banner: list[str] = field(default_factory=list)  # how to connect, for the lab default
     state_dir: Path = field(default_factory=lambda: default_state_dir())  # persistent store, lab share
+    metrics: tuple[str, int] | None = None  # the Prometheus endpoint (smbd.metrics), off by default
 
 
 def parse_user(spec: str, where: str) -> UserEntry:
@@ -197,5 +198,10 @@ def build(args) -> Settings:
                           smbtorture_fsctl=torture_hooks, unix_identity=unix_identity,
                           guest_account=file_opts.get("guest_account", "nobody"), hosts_allow=tuple(file_opts.get("hosts_allow") or ()),
                           hosts_deny=tuple(file_opts.get("hosts_deny") or ()))
+    metrics = getattr(args, "metrics", None) or file_opts.get("metrics")
+    try:
+        metrics_at = config_schema._address(metrics) if metrics else None
+    except ValueError as e:
+        raise ConfigError(f"--metrics: {e}") from None
     return Settings(server=server, listen=list(listen), port=port, devices=devices,
-                    rdma_port=file_opts.get("rdma_port"), banner=banner, state_dir=state_dir)
+                    rdma_port=file_opts.get("rdma_port"), banner=banner, state_dir=state_dir, metrics=metrics_at)

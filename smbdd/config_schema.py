@@ -63,6 +63,15 @@ def _users_file(value: str) -> str:
     return os.path.abspath(value)
 
 
+def _address(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) of a local listener, e.g. the metrics endpoint."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    return host, int(port)
+
+
 def _secret(value: str) -> str:
     if value.startswith("{NT}") and not re.fullmatch(r"[0-9a-fA-F]{32}", value[4:]):
         raise ValueError("an {NT} hash must be 32 hex digits")
@@ -100,6 +109,7 @@ class ServerSection(_Section):
     state_dir: StrictStr | None = None
     smbtorture_fsctl: StrictBool = False
     unix_identity: Literal["users", "daemon"] = "users"
+    metrics: Annotated[StrictStr, AfterValidator(lambda v: _address(v) and v)] | None = None
     guest_account: Annotated[StrictStr, Field(min_length=1)] = "nobody"
     hosts_allow: HostList = []
     hosts_deny: HostList = []

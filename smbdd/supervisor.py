@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from smbd import metrics
 from smbd.control import recv_record, send_record
 from smbd.server.config import ServerConfig
 from smbd.server import persistent
@@ -242,10 +243,12 @@ class Supervisor:
         handle.control.close()
         self._forget_records_of(handle.proc.pid)
         handle.done.set()
+        metrics.worker_gone(handle.proc.pid)
         if code == 0:
             log.info("worker %d exited", handle.proc.pid)
         else:
             self.crashes += 1
+            metrics.worker_crashed(handle.proc.pid)
             cause = (f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}")
             log.error("worker %d for client %s died (%s); its connections are lost, smbdd goes on",
                       handle.proc.pid, handle.key or "(no ClientGUID)", cause)

@@ -14,11 +14,12 @@ import asyncio
 import itertools
 import logging
 import struct
+import time
 import uuid
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
-from smbd import crypto, identity
+from smbd import crypto, identity, metrics
 from smbd.core import compound
 from smbd.core.credits import CreditWindow, required_charge
 from smbd.status import NtStatus, ProtocolViolation, SmbError, status_name
@@ -216,6 +217,7 @@ class SmbConnection:
         if self.closed:
             return
         self.bytes_in += len(raw)
+        metrics.bytes_moved(self.transport_kind, "in", len(raw))
         msg = memoryview(raw)
         if raw[:4] == SMB1_ID:
             if self.negotiated:
@@ -334,9 +336,12 @@ class SmbConnection:
             # The file operations of this request run as the session's Unix account
             # (smbd.server.identity); this task's own copy of the variable.
             identity.current.set(req.session.creds if req.session is not None else None)
+            started = time.perf_counter() if metrics.enabled() else 0.0
             try:
                 body = await handler(req)
             finally:
+                if started:
+                    metrics.request_done(_command_name(req.header.command), time.perf_counter() - started)
                 if req.counted is not None:
                     op, seq, generation = req.counted
                     channel_sequence.finish(op.sequence, seq, generation)
@@ -499,7 +504,7 @@ class SmbConnection:
             plain = b"".join(bytes(p) for p in message)
             message = [crypto.encrypt_message(self.cipher, session.keys.encrypting, session.session_id, plain)]
         token = next((r.invalidate_token for r in requests if r.invalidate_token is not None), None)
-        self.bytes_out += sum(len(p) for p in message)
+        self._count_out(message)
         async with self.send_lock:
             if token is None:
                 await self.transport.send(message)
@@ -545,7 +550,7 @@ class SmbConnection:
         session = self._encrypting_session([req]) if not req.encrypted else req.session
         if session is not None and session.keys and session.keys.encrypting:
             message = [crypto.encrypt_message(self.cipher, session.keys.encrypting, session.session_id, bytes(body))]
-        self.bytes_out += sum(len(p) for p in message)
+        self._count_out(message)
         async with self.send_lock:
             await self.transport.send(message)
 
@@ -563,9 +568,18 @@ class SmbConnection:
             parts = [crypto.encrypt_message(self.cipher, session.keys.encrypting, session.session_id, message)]
         # SMB Direct: the proxy confirms the break's sending (smbd.server.break_delivery).
         send = getattr(self.transport, "send_tracked", None) or self.transport.send
-        self.bytes_out += sum(len(p) for p in parts)
+        self._count_out(parts)
         async with self.send_lock:
             await send(parts)
+
+    @property
+    def transport_kind(self) -> str:
+        return "smbdirect" if self.transport.peer.startswith("rdma:") else "tcp"
+
+    def _count_out(self, parts: list) -> None:
+        n = sum(len(p) for p in parts)
+        self.bytes_out += n
+        metrics.bytes_moved(self.transport_kind, "out", n)
 
     def _cancel(self, hdr: Header) -> None:
         """CANCEL (3.3.5.16): find the pending request by AsyncId or MessageId; no response."""

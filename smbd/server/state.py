@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from smbd import identity
+from smbd import identity, metrics
 from smbd.accounts import AccountDirectory
 from smbd.store import MemoryStore, StateStore, open_persistent, open_volatile
 
@@ -197,6 +197,7 @@ class ServerState:
 
     def register_open(self, op: Open) -> None:
         self.opens[op.volatile_id] = op
+        metrics.opens_now(len(self.opens))
         if op.file_key is not None:
             self._opens_by_file[op.file_key] = self._opens_by_file.get(op.file_key, 0) + 1
             if op.file_key in self.caching_published:  # its opens are part of the record
@@ -204,6 +205,7 @@ class ServerState:
 
     def unregister_open(self, op: Open) -> None:
         self.opens.pop(op.volatile_id, None)
+        metrics.opens_now(len(self.opens))
         self.byte_locks.release_all(op)
         key = op.file_key
         if key is not None:
@@ -382,6 +384,7 @@ class ServerState:
         from .handlers.files import close_open
 
         self.sessions.pop(session.session_id, None)
+        metrics.sessions_now(len(self.sessions))
         self.global_sessions.withdraw(session.session_id)
         for task in list(session.orphaned):  # requests of channels that failed earlier
             task.cancel()

@@ -19,6 +19,7 @@ import socket
 from collections import Counter, deque
 from typing import TYPE_CHECKING
 
+from smbd import metrics
 from smbd.status import ProtocolViolation, SmbError
 from smbd.transport import relay
 from smbd.wire import fileio
@@ -399,6 +400,7 @@ class ProxyConnection:
             self._submit(lambda w=wr_id, a=local, n=n, r=remote, k=rkey: post(w, a, n, lkey, r, k))
         self.stats["rdma_writes" if write else "rdma_reads"] += 1
         self.stats["rdma_bytes"] += length
+        metrics.rdma_moved("write" if write else "read", length)
 
     def _rdma_completed(self, idx: int) -> None:
         op_id = idx >> 8

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from smbd import crypto, identity
+from smbd import crypto, identity, metrics
 from smbd.auth.ntlm import AuthError, AuthResult, NtlmServer
 from smbd.auth.spnego import SpnegoServer, StepResult
 from smbd.status import NtStatus, SmbError
@@ -339,6 +339,7 @@ def _complete_new(req: "Request", session: Session, auth: SessionAuth, res: Auth
         flags |= SessionFlags.ENCRYPT_DATA
     session.channels[id(conn)] = Channel(conn, session.keys.signing if session.keys else b"")
     session.state = SessionState.VALID
+    metrics.sessions_now(len(req.server.sessions))
     req.server.global_sessions.publish(_record_of(session))
     _close_previous(req, session, setup)
     log.info("%s: session %x for %s\\%s%s", conn.transport.peer, session.session_id, res.domain, res.user,
