@@ -15,8 +15,8 @@ import logging
 import os
 import signal
 import socket
-import sys
 
+from smbd import logsetup
 from smbd.control import recv_record, send_record
 from smbd.server.config import ServerConfig
 from smbd.server.connection import SmbConnection
@@ -215,12 +215,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="smbd-worker")
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-file")
     args = parser.parse_args(argv)
     # Before any thread exists (the event loop's, the I/O pool's): every thread must block the
     # kernel lease signals, which the oplock manager reads from a signalfd (smbd.server.oplocks).
     block_lease_signals()
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format=f"%(asctime)s worker[{os.getpid()}] %(name)s %(levelname)s: %(message)s")
+    logsetup.configure(args.log_level, f"%(asctime)s worker[{os.getpid()}] %(name)s %(levelname)s: %(message)s",
+                       args.log_file)
     _preload()
     profile_dir = os.environ.get("SMBDD_PROFILE_DIR")
     if not profile_dir:

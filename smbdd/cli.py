@@ -11,7 +11,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from smbd import metrics
+from smbd import logsetup, metrics
 
 from .acceptor import Acceptor
 from .config import ConfigError, Settings, build
@@ -52,13 +52,16 @@ def parser() -> argparse.ArgumentParser:
                         "daemon: all as smbdd's own account")
     p.add_argument("--metrics", metavar="HOST:PORT",
                    help="serve Prometheus metrics there (off by default; e.g. 127.0.0.1:9445)")
+    p.add_argument("--log-file", metavar="FILE",
+                   help="log there instead of stderr (reopened after logrotate moves it)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
 
 async def serve(settings: Settings, args) -> int:
     loop = asyncio.get_running_loop()
-    supervisor = Supervisor(settings.server, args.log_level, spares=max(0, args.spare_workers))
+    supervisor = Supervisor(settings.server, args.log_level, spares=max(0, args.spare_workers),
+                            log_file=args.log_file)
     acceptor = Acceptor(supervisor)
     try:
         acceptor.listen(settings.listen, settings.port)
@@ -156,8 +159,11 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(check_main(argv[1:]))
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s smbdd %(name)s %(levelname)s: %(message)s")
+    try:
+        logsetup.configure(args.log_level, "%(asctime)s smbdd %(name)s %(levelname)s: %(message)s", args.log_file)
+    except OSError as e:
+        print(f"smbdd: cannot log to {args.log_file}: {e.strerror}", file=sys.stderr)
+        sys.exit(2)
     try:
         settings = build(args)
         settings.server = replace(settings.server, server_guid=stable_server_guid(settings.state_dir),

@@ -9,7 +9,7 @@ TOML layout::
     port = 445
     encrypt = "auto"             # off | auto | desired | required
     signing = "auto"             # auto | required
-    devices = ["rxe0"]           # RDMA devices (SMB Direct); [] = find them
+    devices = ["rxe0"]           # RDMA devices (SMB Direct); absent: those found; []: none
     users_file = "/etc/smbdd/users"  # the password database of `smbdd user` (its default path)
     smbtorture_fsctl = false     # test only: simulated failures (FSCTL_SMBTORTURE_*, SIGUSR2 cuts an SMB Direct link)
     hosts_allow = ["10.0.0.0/8"] # addresses, networks or "ALL"; allow wins over deny

@@ -48,9 +48,10 @@ class Supervisor:
     client gives up after 30 s).
     """
 
-    def __init__(self, config: ServerConfig, log_level: str = "INFO", spares: int = 1):
+    def __init__(self, config: ServerConfig, log_level: str = "INFO", spares: int = 1, log_file: str | None = None):
         self.config = config
         self.log_level = log_level
+        self.log_file = log_file
         self.by_guid: dict[uuid.UUID, WorkerHandle] = {}
         self.workers: set[WorkerHandle] = set()
         self.spare_target = spares
@@ -117,7 +118,8 @@ class Supervisor:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "smbd.worker", "--control-fd", str(child.fileno()),
-            "--log-level", self.log_level, pass_fds=[child.fileno()])
+            "--log-level", self.log_level, *(["--log-file", self.log_file] if self.log_file else []),
+            pass_fds=[child.fileno()])
         child.close()
         parent.setblocking(False)
         handle = WorkerHandle(key, proc, parent)

@@ -265,10 +265,10 @@ def test_tree_connect_refusals_with_smbprotocol(lists_server):
         session = Session(conn, "bob", "bob-pw")
         session.connect()
         with pytest.raises(AccessDenied):
-            TreeConnect(session, rf"\\127.0.0.1\team").connect()
+            TreeConnect(session, r"\\127.0.0.1\team").connect()
         with pytest.raises(AccessDenied):
-            TreeConnect(session, rf"\\127.0.0.1\nolocal").connect()  # hosts_deny of the share
-        tree = TreeConnect(session, rf"\\127.0.0.1\rw")
+            TreeConnect(session, r"\\127.0.0.1\nolocal").connect()  # hosts_deny of the share
+        tree = TreeConnect(session, r"\\127.0.0.1\rw")
         tree.connect()
         assert tree.share_name.endswith("rw")
         with pytest.raises(LogonFailure):
