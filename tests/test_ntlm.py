@@ -352,3 +352,11 @@ def test_fuzzed_negotiate_raises_only_auth_error(data):
         _server().challenge(b"NTLMSSP\x00" + data)
     except AuthError as exc:
         assert exc.status == NtStatus.INVALID_PARAMETER
+
+
+def test_rc4_known_answer_and_a_key_stream_that_continues():
+    from smbd.auth.rc4 import Rc4, rc4
+
+    assert rc4(b"Key", b"Plaintext").hex() == "bbf316e8d940af0ad3"  # the classic RC4 test vector
+    handle = Rc4(b"Key")
+    assert (handle.update(b"Plain") + handle.update(b"text")).hex() == "bbf316e8d940af0ad3"
