@@ -357,6 +357,8 @@ def test_fuzzed_negotiate_raises_only_auth_error(data):
 def test_rc4_known_answer_and_a_key_stream_that_continues():
     from smbd.auth.rc4 import Rc4, rc4
 
-    assert rc4(b"Key", b"Plaintext").hex() == "bbf316e8d940af0ad3"  # the classic RC4 test vector
-    handle = Rc4(b"Key")
-    assert (handle.update(b"Plain") + handle.update(b"text")).hex() == "bbf316e8d940af0ad3"
+    # RFC 6229's key streams (offset 0) for a 128-bit key, NTLM's size, and a 40-bit one.
+    assert rc4(bytes(range(1, 17)), bytes(16)).hex() == "9ac7cc9a609d1ef7b2932899cde41b97"
+    assert rc4(bytes(range(1, 6)), bytes(16)).hex() == "b2396305f03dc027ccc3524a0a1118a8"
+    handle = Rc4(bytes(range(1, 17)))
+    assert (handle.update(bytes(5)) + handle.update(bytes(11))).hex() == "9ac7cc9a609d1ef7b2932899cde41b97"
