@@ -108,6 +108,11 @@ def acting_as(creds: Credentials | None) -> Iterator[None]:
         _switch(before)
 
 
+def thread_credentials() -> Credentials | None:
+    """Whom this thread acts as now (None: the server's own identity)."""
+    return getattr(_thread, "creds", None)
+
+
 def as_server() -> Any:
     """For smbd's own files inside a user's operation (the stream depot)."""
     return acting_as(None)

@@ -195,3 +195,27 @@ def test_guest_works_as_the_guest_account(server, tmp_path):
     r = smbclient(server, "pub", f"put {src} guest.txt", "-N")
     assert r.returncode == 0, r.stdout + r.stderr
     assert (server.pub / "guest.txt").stat().st_uid == NOBODY.pw_uid
+
+
+def test_a_stored_dacl_tells_the_users_apart(server, tmp_path):
+    """A DACL granting only alice's Unix SID (S-1-22-1-<uid of daemon>): bob is refused even
+    though the mode lets everyone read; alice reads."""
+    from smbd.security.sd import Ace, Acl, Control, SecurityDescriptor
+    from smbd.security.sid import unix_user
+    from smbd.security.store import save_stored
+
+    path = server.share / "alice-acl.txt"
+    path.write_text("for alice")
+    os.chown(path, DAEMON.pw_uid, DAEMON.pw_gid)
+    os.chmod(path, 0o666)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        save_stored(fd, SecurityDescriptor(Control.SELF_RELATIVE | Control.DACL_PRESENT,
+                                           owner=unix_user(DAEMON.pw_uid),
+                                           dacl=Acl((Ace.allow(unix_user(DAEMON.pw_uid), 0x001F01FF),))))
+    finally:
+        os.close(fd)
+    r = smbclient(server, "data", f"get alice-acl.txt {tmp_path}/bob", "-U", "bob%bob-pw")
+    assert "NT_STATUS_ACCESS_DENIED" in r.stdout + r.stderr and not (tmp_path / "bob").exists()
+    assert smbclient(server, "data", f"get alice-acl.txt {tmp_path}/alice", "-U", "alice%alice-pw").returncode == 0
+    assert (tmp_path / "alice").read_text() == "for alice"

@@ -1,23 +1,23 @@
 """Narrowing a CREATE's access by the file's stored DACL (a subset of MS-DTYP 2.5.3.2).
 
-This is deliberately not a Windows access-check engine. smbdd has no per-user Unix
-identity (every client acts on disk as the server process) and enforcement stays with
-POSIX permissions and the share's maximal access, exactly as before. What this adds: when a
+This is deliberately not a Windows access-check engine: enforcement stays with POSIX
+permissions (each user's own, smbd.identity) and the share's maximal access. What this adds: when a
 client has stored a DACL on a file, an open of that file gets only the rights the DACL also
 grants, so a client that locks a file down (an empty DACL, an ACE list without write) sees
 the opens it forbade refused, as against Windows or Samba, and the MxAc create context
 reports the narrowed rights. It can only take rights away; with no stored DACL, or a NULL
-DACL, nothing changes. Every client shares one token (below), so a DACL cannot tell two
-users of the share apart: it is not a way to separate users.
+DACL, nothing changes.
 
 The token of a session: Everyone, Authenticated Users and BUILTIN\\Users (Everyone and
 Anonymous for an anonymous session; Everyone and BUILTIN\\Guests for a guest), plus the
-Unix user and group of the server process (S-1-22-1-<euid>, S-1-22-2-<egid>), since that
-is who every client is on disk; so the owner of the files clients create (the POSIX
-default owner) is the client, who keeps the owner's implicit READ_CONTROL and WRITE_DAC.
+Unix user and groups the operation runs as on disk (S-1-22-1-<uid>, S-1-22-2-<gid>, as
+Samba names Unix accounts): the session's own account (smbd.identity), or the server
+process's with ``unix_identity = "daemon"``. So a DACL naming one user's S-1-22-1 SID tells
+users apart, and the owner of the files a user creates (the POSIX owner) is that user, who
+keeps the owner's implicit READ_CONTROL and WRITE_DAC.
 
-Not evaluated (known simplifications): the user's own identity (smbdd gives users no
-SID); DELETE and FILE_READ_ATTRIBUTES, which Windows also grants through the parent's FILE_DELETE_CHILD /
+Not evaluated (known simplifications): domain SIDs (smbdd's users have only their Unix
+account's); DELETE and FILE_READ_ATTRIBUTES, which Windows also grants through the parent's FILE_DELETE_CHILD /
 FILE_LIST_DIRECTORY (smbdd's parents grant those unless a client stored a DACL on them,
 which is not looked at here); object and callback ACEs; privileges.
 """
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 
+from smbd import identity
 from smbd.status import NtStatus, SmbError
 from smbd.vfs.errors import translate_oserror
 from smbd.wire.create import Access, map_generic
@@ -47,6 +48,9 @@ def session_token(*, anonymous: bool = False, guest: bool = False) -> frozenset[
         groups = {EVERYONE, BUILTIN_GUESTS}
     else:
         groups = {EVERYONE, AUTHENTICATED_USERS, BUILTIN_USERS}
+    creds = identity.thread_credentials()  # the session's Unix account, when files are its (smbd.identity)
+    if creds is not None:
+        return frozenset(groups | {unix_user(creds.uid)} | {unix_group(g) for g in (creds.gid, *creds.groups)})
     return frozenset(groups | {unix_user(os.geteuid()), unix_group(os.getegid())})
 
 
