@@ -211,21 +211,24 @@ def _preload() -> None:
     import smbd.transport.proxy  # noqa: F401
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="smbd-worker")
-    parser.add_argument("--control-fd", type=int, required=True)
-    parser.add_argument("--log-level", default="INFO")
-    parser.add_argument("--log-file")
-    args = parser.parse_args(argv)
-    # Before any thread exists (the event loop's, the I/O pool's): every thread must block the
-    # kernel lease signals, which the oplock manager reads from a signalfd (smbd.server.oplocks).
+def prepare_process() -> None:
+    """What every worker process needs before anything else, done once in the zygote
+    (smbd.zygote) and inherited by each fork: before any thread exists (the event loop's,
+    the I/O pool's), block the kernel lease signals, which the oplock manager reads from a
+    signalfd (smbd.server.oplocks); then load every module a request may need."""
     block_lease_signals()
-    logsetup.configure(args.log_level, f"%(asctime)s worker[{os.getpid()}] %(name)s %(levelname)s: %(message)s",
-                       args.log_file)
     _preload()
+
+
+def configure_logging(log_level: str, log_file: str | None) -> None:
+    logsetup.configure(log_level, f"%(asctime)s worker[{os.getpid()}] %(name)s %(levelname)s: %(message)s", log_file)
+
+
+def serve(control_fd: int) -> None:
+    """Run the worker on its control socket until smbdd retires it or goes away."""
     profile_dir = os.environ.get("SMBDD_PROFILE_DIR")
     if not profile_dir:
-        asyncio.run(run(args.control_fd))
+        asyncio.run(run(control_fd))
         return
     # Developer aid: profile the event loop thread (where the protocol work runs) and leave
     # one pstats file per worker, read with `python -m pstats`.
@@ -233,9 +236,21 @@ def main(argv: list[str] | None = None) -> None:
 
     profiler = cProfile.Profile()
     try:
-        profiler.runcall(asyncio.run, run(args.control_fd))
+        profiler.runcall(asyncio.run, run(control_fd))
     finally:
         profiler.dump_stats(os.path.join(profile_dir, f"worker-{os.getpid()}.pstats"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """A worker started on its own (smbdd without a zygote): the same steps in one process."""
+    parser = argparse.ArgumentParser(prog="smbd-worker")
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-file")
+    args = parser.parse_args(argv)
+    prepare_process()
+    configure_logging(args.log_level, args.log_file)
+    serve(args.control_fd)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from smbd.server.config import ServerConfig
 from smbd.server import persistent
 from smbd.store import VOLATILE_TABLES, open_persistent, open_volatile
 
+from .zygote_client import ForkedWorker, Zygote
+
 log = logging.getLogger("smbdd.supervisor")
 PERSISTENT_SWEEP = 10.0  # seconds between deletions of expired persistent handles
 
@@ -31,7 +33,7 @@ PERSISTENT_SWEEP = 10.0  # seconds between deletions of expired persistent handl
 @dataclass(eq=False)
 class WorkerHandle:
     key: uuid.UUID | None  # the ClientGUID it serves; None for clients without one
-    proc: asyncio.subprocess.Process
+    proc: "asyncio.subprocess.Process | ForkedWorker"  # pid, returncode, wait(), kill()
     control: socket.socket
     sent: int = 0  # records sent since start: an "idle" that saw fewer is stale
     connections: int = 0
@@ -64,6 +66,7 @@ class Supervisor:
         self.persistent_store = (open_persistent(Path(config.state_dir) / "store")
                                  if config.state_dir else None)
         self._expiry: asyncio.Task | None = None
+        self.zygote: Zygote | None = None
         self._status_ids = itertools.count(1)
         self._status_waiters: dict[int, asyncio.Future] = {}
 
@@ -78,6 +81,12 @@ class Supervisor:
                 log.info("persistent handles of an earlier run: %d wait for their clients, %d expired",
                          waiting, gone)
             self._expiry = asyncio.get_running_loop().create_task(self._expire_persistent())
+        self.zygote = Zygote(self.log_level, self.log_file)
+        try:
+            await self.zygote.start()
+        except OSError as e:
+            log.warning("no zygote (%s): each worker starts as a new process", e)
+            self.zygote = None
         await self._refill()
 
     async def _expire_persistent(self) -> None:
@@ -116,10 +125,17 @@ class Supervisor:
 
     async def _start_worker(self, key: uuid.UUID | None, spare: bool = False) -> WorkerHandle:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "smbd.worker", "--control-fd", str(child.fileno()),
-            "--log-level", self.log_level, *(["--log-file", self.log_file] if self.log_file else []),
-            pass_fds=[child.fileno()])
+        proc = None
+        if self.zygote is not None and self.zygote.alive:
+            try:
+                proc = await self.zygote.fork(child)  # smbd.zygote: a fork of a loaded process
+            except OSError as e:
+                log.warning("the zygote did not fork a worker (%s); starting a new process", e)
+        if proc is None:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "smbd.worker", "--control-fd", str(child.fileno()),
+                "--log-level", self.log_level, *(["--log-file", self.log_file] if self.log_file else []),
+                pass_fds=[child.fileno()])
         child.close()
         parent.setblocking(False)
         handle = WorkerHandle(key, proc, parent)
@@ -302,6 +318,8 @@ class Supervisor:
                     handle.proc.kill()
             if pending:
                 await asyncio.wait(pending, timeout=5)
+        if self.zygote is not None:
+            await self.zygote.close()
         # The volatile store dies with the workers; nothing of this run is left in /dev/shm.
         if self._expiry is not None:
             self._expiry.cancel()
