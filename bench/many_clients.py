@@ -54,7 +54,8 @@ def session_pss_kib(leader: int) -> tuple[int, int]:
 
 def one_run(server: ServerUnderTest, clients: int) -> tuple[float, int, int]:
     """Seconds until all listed, server PSS (KiB) and process count with them connected."""
-    argv = ["smbclient", "-s", "/dev/null", f"//{server.host}/{server.share_name}", "-p", str(server.port),
+    # stdbuf: smbclient writes to a pipe through stdio, which would hold the listing back until exit.
+    argv = ["stdbuf", "-o0", "smbclient", "-s", "/dev/null", f"//{server.host}/{server.share_name}", "-p", str(server.port),
             "-U", f"{server.user}%{server.password}", "-m", "SMB3_11"]
     start = time.monotonic()
     procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

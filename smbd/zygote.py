@@ -19,6 +19,7 @@ on to notice smbdd is gone on their own control sockets, as exec'd workers do.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import selectors
 import signal
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--log-file")
     args = ap.parse_args(argv)
     worker.prepare_process()  # lease signals blocked, modules loaded: inherited by every fork
+    # What is loaded now is every worker's, unchanged: out of the collector's sight, so that its
+    # passes in a worker do not write to (and so copy) the pages all workers share.
+    gc.freeze()
     control = socket.socket(fileno=args.control_fd)
     wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wakeup_w)
