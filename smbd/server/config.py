@@ -57,7 +57,7 @@ class ServerConfig:
     shares: tuple[ShareConfig, ...]
     users: tuple[UserEntry, ...]  # given in the configuration itself
     users_file: str = ""  # the password database (smbd.accounts), re-read when it changes
-    # "users": each session's file operations run as its Unix account (smbd.server.identity);
+    # "users": each session's file operations run as its Unix account (smbd.identity);
     # "daemon": as the server's own (smbdd's command line defaults to "users").
     unix_identity: str = "daemon"
     guest_account: str = "nobody"  # the Unix account of guest and anonymous sessions

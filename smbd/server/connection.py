@@ -334,7 +334,7 @@ class SmbConnection:
                 raise SmbError(NtStatus.INVALID_PARAMETER, "unknown command")
             self._prepare(req, related, encrypted_session)
             # The file operations of this request run as the session's Unix account
-            # (smbd.server.identity); this task's own copy of the variable.
+            # (smbd.identity); this task's own copy of the variable.
             identity.current.set(req.session.creds if req.session is not None else None)
             started = time.perf_counter() if metrics.enabled() else 0.0
             try:

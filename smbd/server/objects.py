@@ -60,7 +60,7 @@ class Session:
     domain: str = ""
     is_guest: bool = False
     is_anonymous: bool = False
-    creds: Any = None  # smbd.server.identity.Credentials the session's file operations run with
+    creds: Any = None  # smbd.identity.Credentials the session's file operations run with
     session_key: bytes = b""
     keys: SessionKeys | None = None
     signing_required: bool = False

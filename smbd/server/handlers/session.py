@@ -266,7 +266,7 @@ def _complete_bind(req: "Request", session: Session, auth: SessionAuth, res: Aut
 
 
 def _credentials(req: "Request", res: AuthResult) -> identity.Credentials | None:
-    """The Unix account the session's file operations run as (smbd.server.identity): the
+    """The Unix account the session's file operations run as (smbd.identity): the
     user's ``unix_user`` or the account of the same name, the guest account for guest and
     anonymous logons. No such account: the logon fails, as in Samba. None (the server's own
     identity) with ``unix_identity = "daemon"`` or when the server is not root."""
