@@ -486,3 +486,27 @@ def test_pipe_peek_and_wait(env):
         == NtStatus.SUCCESS
     assert status_of(env, env.ipc_tree, ioctl_message(Fsctl.PIPE_WAIT, data=wait + "nosuch".encode("utf-16-le"))) \
         == NtStatus.OBJECT_NAME_NOT_FOUND
+
+
+def test_enumeration_lists_every_address_of_each_up_interface(monkeypatch):
+    """psutil's view, made up: a second IPv4 address is listed too, link-local IPv6, a down
+    interface and (with others present) loopback are not; the order follows the index."""
+    import psutil
+    from types import SimpleNamespace as NS
+
+    def addr(family, address):
+        return NS(family=family, address=address)
+
+    monkeypatch.setattr(psutil, "net_if_addrs", lambda: {
+        "lo": [addr(socket.AF_INET, "127.0.0.1")],
+        "eth1": [addr(socket.AF_INET, "192.0.2.7"), addr(socket.AF_INET, "192.0.2.8"),
+                 addr(socket.AF_INET6, "fe80::1%eth1"), addr(socket.AF_INET6, "2001:db8::7")],
+        "eth9": [addr(socket.AF_INET, "198.51.100.1")]})
+    monkeypatch.setattr(psutil, "net_if_stats", lambda: {
+        "lo": NS(isup=True, speed=0, flags="up,loopback"), "eth1": NS(isup=True, speed=25000, flags="up"),
+        "eth9": NS(isup=False, speed=1000, flags="")})
+    monkeypatch.setattr(socket, "if_nametoindex", {"lo": 1, "eth1": 3, "eth9": 5}.__getitem__)
+    monkeypatch.setattr(ioctl_mod, "_rss_capable", lambda name: name == "eth1")
+    got = ioctl_mod.enumerate_interfaces(("eth1",))
+    assert [(a.if_index, str(a.address)) for a in got] == [(3, "192.0.2.7"), (3, "192.0.2.8"), (3, "2001:db8::7")]
+    assert all(a.link_speed == 25_000_000_000 and a.capability == 0x3 for a in got)  # RSS and RDMA

@@ -161,99 +161,58 @@ INTERFACE_INFO_SIZE = _IFACE.size + _SOCKADDR_STORAGE_SIZE  # 152
 
 # ---- local interfaces ------------------------------------------------------------------------
 
-_SIOCGIFFLAGS = 0x8913
-_SIOCGIFADDR = 0x8915
-_IFF_UP = 0x1
-_IFF_LOOPBACK = 0x8
 DEFAULT_LINK_SPEED = 10_000_000_000  # virtual links report no speed; say 10 Gb/s as Samba does
 _INTERFACE_CACHE_SECONDS = 10.0
 _iface_cache: tuple[float, tuple[str, ...], list[InterfaceAddress]] | None = None
 
 
-def _ifreq(sock: socket.socket, request: int, name: str) -> bytes | None:
-    import fcntl
-
-    try:
-        return fcntl.ioctl(sock.fileno(), request, struct.pack("16s24x", name.encode()[:15]))
-    except OSError:
-        return None
-
-
-def _sysfs_int(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _link_speed(name: str) -> int:
-    mbps = _sysfs_int(f"/sys/class/net/{name}/speed")
-    return mbps * 1_000_000 if mbps and mbps > 0 else DEFAULT_LINK_SPEED
-
-
 def _rss_capable(name: str) -> bool:
-    """Several receive queues: what ksmbd takes as RSS capability (a Linux stand-in for RSS)."""
+    """Several receive queues: what ksmbd takes as RSS capability (a Linux stand-in for RSS).
+    No library reports the queue count; sysfs does."""
     try:
         return sum(1 for q in os.listdir(f"/sys/class/net/{name}/queues") if q.startswith("rx-")) > 1
     except OSError:
         return False
 
 
-def _ipv6_addresses() -> dict[int, list[tuple[ipaddress.IPv6Address, int]]]:
-    """Global IPv6 addresses by interface index, from /proc/net/if_inet6 (scope, not link-local)."""
-    out: dict[int, list[tuple[ipaddress.IPv6Address, int]]] = {}
-    try:
-        with open("/proc/net/if_inet6") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 6:
-            continue
-        try:
-            addr = ipaddress.IPv6Address(bytes.fromhex(fields[0]))
-            index = int(fields[1], 16)
-        except ValueError:
-            continue
-        if addr.is_link_local:
-            continue  # unusable by a client without our scope id; Samba skips them too
-        out.setdefault(index, []).append((addr, 0))
-    return out
-
-
 def enumerate_interfaces(rdma_interfaces: tuple[str, ...]) -> list[InterfaceAddress]:
-    """Addresses of the interfaces that are up (blocking: syscalls and /sys reads).
+    """Every address of the interfaces that are up (psutil: their IPv4 and IPv6 addresses,
+    state, flags and link speed), in interface-index order. Blocking: call off the loop.
 
-    Loopback is left out, as Windows does, unless nothing else has an address: a server
+    Link-local IPv6 is left out (a client cannot use it without our scope id; Samba skips it
+    too), and so is loopback, as Windows does, unless nothing else has an address: a server
     reachable only on 127.0.0.1 (tests, the lab) still answers with the address it is on.
     """
-    v6 = _ipv6_addresses()
+    import psutil
+
+    stats = psutil.net_if_stats()
     found: list[InterfaceAddress] = []
     loopback: list[InterfaceAddress] = []
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        for index, name in socket.if_nameindex():
-            raw = _ifreq(sock, _SIOCGIFFLAGS, name)
-            if raw is None:
-                continue
-            flags = struct.unpack_from("<H", raw, 16)[0]
-            if not flags & _IFF_UP:
-                continue
-            caps = 0
-            if _rss_capable(name):
-                caps |= InterfaceCapability.RSS_CAPABLE
-            if name in rdma_interfaces:
-                caps |= InterfaceCapability.RDMA_CAPABLE
-            speed = _link_speed(name)
-            addrs: list[InterfaceAddress] = []
-            raw4 = _ifreq(sock, _SIOCGIFADDR, name)
-            if raw4 is not None:
-                addrs.append(InterfaceAddress(index, int(caps), speed, ipaddress.IPv4Address(raw4[20:24])))
-            for addr6, scope in v6.get(index, ()):
-                addrs.append(InterfaceAddress(index, int(caps), speed, addr6, scope))
-            (loopback if flags & _IFF_LOOPBACK else found).extend(addrs)
-    return found or loopback
+    for name, addresses in psutil.net_if_addrs().items():
+        st = stats.get(name)
+        if st is None or not st.isup:
+            continue
+        try:
+            index = socket.if_nametoindex(name)
+        except OSError:
+            continue  # gone since it was listed
+        caps = InterfaceCapability(0)
+        if _rss_capable(name):
+            caps |= InterfaceCapability.RSS_CAPABLE
+        if name in rdma_interfaces:
+            caps |= InterfaceCapability.RDMA_CAPABLE
+        speed = st.speed * 1_000_000 if st.speed > 0 else DEFAULT_LINK_SPEED  # psutil: Mb/s, 0 if unknown
+        addrs: list[InterfaceAddress] = []
+        for a in addresses:
+            if a.family == socket.AF_INET:
+                addrs.append(InterfaceAddress(index, int(caps), speed, ipaddress.IPv4Address(a.address)))
+            elif a.family == socket.AF_INET6:
+                addr6 = ipaddress.IPv6Address(a.address.split("%")[0])
+                if not addr6.is_link_local:
+                    addrs.append(InterfaceAddress(index, int(caps), speed, addr6))
+        is_loopback = "loopback" in getattr(st, "flags", "") or (addrs and all(x.address.is_loopback for x in addrs))
+        (loopback if is_loopback else found).extend(addrs)
+    return sorted(found or loopback, key=lambda x: (x.if_index, x.address.version))
 
 
 async def local_interfaces(req: "Request") -> list[InterfaceAddress]:
