@@ -405,3 +405,55 @@ def test_a_message_frame_is_either_invalidating_or_tracked():
         fr.message()
     (fr,) = relay.FrameDecoder().feed(relay.tracked_message(4, 9) + b"SMB2")
     assert fr.message() == (b"SMB2", None) and fr.tracked() == 9
+
+
+def test_one_session_mixes_a_tcp_channel_and_an_smb_direct_channel(relay_channel):
+    """MS-SMB2 3.3.5.5.2 binding is transport-blind, and so is smbd: a session set up over TCP
+    takes an SMB Direct channel (a relay from the proxy), which writes by RDMA read what the
+    TCP channel then reads back, each request signed with its own channel's key."""
+    pytest.importorskip("spnego")
+    from smbd.worker import Worker
+    from tests.test_session_binding import SigningClient, _bind, signature, signing_key
+
+    class RelaySigningClient(SigningClient, StandInProxy):
+        """The stand-in proxy's relay with the signing client's steps."""
+
+    _, share, server = relay_channel
+    loop = relay_channel[0].loop
+    worker = types.SimpleNamespace(server=server, loop=loop, check_idle=lambda: None)
+
+    def run(coro):
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(10)
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    guid = uuid.uuid4()
+    tcp = SigningClient("127.0.0.1", listener.getsockname()[1], client_guid=guid)
+    accepted, addr = listener.accept()
+    listener.close()
+    run(Worker._serve_tcp(worker, accepted.detach(), f"{addr[0]}:{addr[1]}", b""))
+    tcp.connect().login("alice", "pw", share="share")
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    run(serve_proxy_channel(worker, theirs.detach(), {"peer": "second"}))
+    direct = RelaySigningClient(ours, relay_channel[0].pool)
+    direct.client_guid = guid
+    direct.connect()
+    r, key, preauth = _bind(tcp, direct, user="alice", password="pw")
+    assert r.status == c.STATUS_SUCCESS and r.session_id == tcp.session_id, f"0x{r.status:08X}"
+    direct.session_id, direct.tree_id = tcp.session_id, tcp.tree_id
+    direct.key = signing_key(direct.dialect, key, preauth)
+    assert r.raw[48:64] == signature(direct.algorithm, direct.key, r.raw)
+    (session,) = [s for s in server.sessions.values() if s.session_id == tcp.session_id]
+    kinds = sorted(type(ch.connection.transport).__name__ for ch in session.channels.values())
+    assert kinds == ["ProxyTransport", "TcpTransport"]
+
+    fid = tcp.call_signed(c.CREATE, c.create_body("mixed.bin", access=c.READ_WRITE_ACCESS,
+                                                  disposition=c.FILE_OVERWRITE_IF)).file_id
+    data = os.urandom(SLOT // 4)
+    direct.mem[:len(data)] = data
+    assert direct.call_signed(c.WRITE, rdma_write_body(fid, len(data), 0, 0), credit_charge=4).status == \
+        c.STATUS_SUCCESS
+    r = tcp.call_signed(c.READ, c.read_body(fid, len(data)), credit_charge=4)
+    assert r.status == c.STATUS_SUCCESS and r.raw[16 + 64:16 + 64 + len(data)] == data
+    tcp.close()
+    ours.close()
