@@ -23,11 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.torture_bench import REPO, smbdd_at
+from bench.torture_bench import bench_servers, remove_trees
 from tests.peers.files import world_traversable_dir
-from tests.peers.fixtures import build_smbdd_server, find_smbdd_command
-from tests.peers.samba_server import SambaServer
-from tests.peers.server_under_test import SecurityProfile, ServerUnderTest
+from tests.peers.fixtures import find_smbdd_command
+from tests.peers.server_under_test import ServerUnderTest
 
 DONE = b"blocks available"  # the last line of smbclient's ls
 
@@ -107,14 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         print("needs smbdd (./dev.sh installs it) and smbclient", file=sys.stderr)
         return 2
     base = world_traversable_dir(Path(tempfile.mkdtemp(prefix="smbdd-many-clients-")))
-    servers: dict[str, ServerUnderTest] = {"samba": SambaServer(base / "samba"),
-                                           "smbdd": build_smbdd_server(command, SecurityProfile(),
-                                                                       world_traversable_dir(base / "smbdd"))}
-    trees = []
-    for rev in args.before:
-        tree, server = smbdd_at(rev, base)
-        trees.append(tree)
-        servers[f"smbdd@{rev}"] = server
+    servers, trees = bench_servers(command, base, args.before)
     results: dict[str, list[tuple[float, int, int]]] = {name: [] for name in servers}
     try:
         for server in servers.values():
@@ -130,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for server in servers.values():
             server.stop()
-        for tree in trees:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], capture_output=True)
+        remove_trees(trees)
         shutil.rmtree(base, ignore_errors=True)
     print(f"\n{args.clients} clients at once, {args.runs} runs, medians; ratio to Samba in brackets "
           "(time: lower is better; memory: per client)")

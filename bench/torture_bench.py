@@ -80,6 +80,25 @@ def smbdd_at(rev: str, base: Path) -> tuple[Path, ServerUnderTest]:
     return tree, server
 
 
+def bench_servers(command: list[str], base: Path, revisions: list[str]) -> tuple[dict[str, ServerUnderTest], list[Path]]:
+    """The servers a bench compares: Samba, this smbdd, and smbdd at each older revision
+    (each a worktree to remove with ``remove_trees``)."""
+    servers: dict[str, ServerUnderTest] = {"samba": SambaServer(base / "samba"),
+                                           "smbdd": build_smbdd_server(command, SecurityProfile(),
+                                                                       world_traversable_dir(base / "smbdd"))}
+    trees = []
+    for rev in revisions:
+        tree, server = smbdd_at(rev, base)
+        trees.append(tree)
+        servers[f"smbdd@{rev}"] = server
+    return servers, trees
+
+
+def remove_trees(trees: list[Path]) -> None:
+    for tree in trees:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], capture_output=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
@@ -102,14 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     base = world_traversable_dir(Path(tempfile.mkdtemp(prefix="smbdd-torture-bench-")))
-    servers: dict[str, ServerUnderTest] = {"samba": SambaServer(base / "samba"),
-                                           "smbdd": build_smbdd_server(command, SecurityProfile(),
-                                                                       world_traversable_dir(base / "smbdd"))}
-    trees = []
-    for rev in args.before:
-        tree, server = smbdd_at(rev, base)
-        trees.append(tree)
-        servers[f"smbdd@{rev}"] = server
+    servers, trees = bench_servers(command, base, args.before)
     rates: dict[tuple[str, str], list[float]] = {}
     failures: dict[tuple[str, str], list[str]] = {}
     try:
@@ -128,9 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for server in servers.values():
             server.stop()
-        for tree in trees:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
-                           capture_output=True)
+        remove_trees(trees)
         shutil.rmtree(base, ignore_errors=True)
 
     print(f"\nsmb2.bench, {args.nprocs} connections, {args.timelimit} s each, {args.runs} runs; "

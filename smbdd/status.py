@@ -92,8 +92,8 @@ class StatusService:
             return []
         now, out = time.time(), []
         for _, record in store.items(persistent.TABLE):
-            if record.get("pid") is not None and pid_alive(record["pid"]):
-                continue  # a worker holds it and lists it itself
+            if not persistent._orphaned(record, now):
+                continue  # a worker holds it and lists it itself, or its timeout has passed
             state = record.get("state", {})
             out.append({"path": "\\".join(state.get("components", ())), "share": record.get("share"),
                         "expires_in": round(record["expires"] - now, 1) if record.get("expires") else None})

@@ -179,14 +179,14 @@ class Supervisor:
                 self._status_waiters.pop(request_id, None)
                 continue
             asked.append((handle, request_id, waiter))
-        out = []
-        for handle, request_id, waiter in asked:
+        async def answer(handle: WorkerHandle, request_id: int, waiter: asyncio.Future) -> dict:
             try:
-                out.append(await asyncio.wait_for(waiter, timeout))
+                return await asyncio.wait_for(waiter, timeout)
             except asyncio.TimeoutError:
                 self._status_waiters.pop(request_id, None)
-                out.append({"pid": handle.proc.pid, "error": "did not answer"})
-        return out
+                return {"pid": handle.proc.pid, "error": "did not answer"}
+
+        return list(await asyncio.gather(*(answer(*a) for a in asked)))  # one timeout for all, not one each
 
     def _send(self, handle: WorkerHandle, record: dict, fds: list[int] = ()) -> None:
         send_record(handle.control, {**record, "seq": handle.sent}, fds)

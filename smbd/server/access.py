@@ -14,6 +14,7 @@ write lists, with the meaning Samba's smb.conf options of the same names have.
 """
 from __future__ import annotations
 
+import functools
 import grp
 import ipaddress
 import pwd
@@ -44,6 +45,12 @@ def parse_hosts(entries: tuple[str, ...] | list[str], where: str) -> tuple[Netwo
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=64)
+def _networks(entries: tuple[str, ...], where: str) -> tuple[Network, ...]:
+    """parse_hosts for the lists of the configuration, once per list rather than per connection."""
+    return parse_hosts(entries, where)
+
+
 def peer_address(peer: str | tuple) -> Address | None:
     """The client's IP address from a transport's peer ("1.2.3.4:445", "::1:445", a
     socket address tuple, or the proxy's "rdma:(...)"); IPv4-mapped IPv6 as IPv4."""
@@ -66,7 +73,7 @@ def host_allowed(addr: Address | None, allow: tuple[str, ...], deny: tuple[str, 
         return True
     if addr is None:
         return False  # an address we cannot read matches no allow entry
-    allow_nets, deny_nets = parse_hosts(allow, "hosts_allow"), parse_hosts(deny, "hosts_deny")
+    allow_nets, deny_nets = _networks(tuple(allow), "hosts_allow"), _networks(tuple(deny), "hosts_deny")
     if any(addr in net for net in allow_nets if net.version == addr.version):
         return True
     if any(addr in net for net in deny_nets if net.version == addr.version):

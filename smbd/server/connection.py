@@ -217,7 +217,8 @@ class SmbConnection:
         if self.closed:
             return
         self.bytes_in += len(raw)
-        metrics.bytes_moved(self.transport_kind, "in", len(raw))
+        if metrics.enabled():  # not even the transport's kind on this path when metrics are off
+            metrics.bytes_moved(self.transport_kind, "in", len(raw))
         msg = memoryview(raw)
         if raw[:4] == SMB1_ID:
             if self.negotiated:
@@ -579,7 +580,8 @@ class SmbConnection:
     def _count_out(self, parts: list) -> None:
         n = sum(len(p) for p in parts)
         self.bytes_out += n
-        metrics.bytes_moved(self.transport_kind, "out", n)
+        if metrics.enabled():
+            metrics.bytes_moved(self.transport_kind, "out", n)
 
     def _cancel(self, hdr: Header) -> None:
         """CANCEL (3.3.5.16): find the pending request by AsyncId or MessageId; no response."""
