@@ -49,6 +49,29 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def process_started(pid: int) -> float | None:
+    """When the process started (psutil: from /proc/PID/stat), None if it has ended (a
+    zombie has ended too). With the pid it names one process for good: a record that outlives
+    its holder, even across a reboot, is not taken for a process that got the pid later."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return round(proc.create_time(), 2)
+    except psutil.Error:
+        return None
+
+
+def holder_alive(pid: int | None, started: float | None) -> bool:
+    """Whether the holder a record names (pid, and its start time if recorded) still runs."""
+    if pid is None:
+        return False
+    now_started = process_started(pid)
+    return now_started is not None and (started is None or now_started == started)
+
+
 class StateStore:
     """Tables of JSON records by string key; ``update`` is atomic between processes."""
 

@@ -72,8 +72,9 @@ class Supervisor:
 
     async def start(self) -> None:
         if self.persistent_store is not None:
-            # No worker of an earlier run is alive: what it held waits for its reconnect
-            # from now on, for its timeout.
+            # What no live process holds waits for its reconnect from now on, for its
+            # timeout (a worker of the earlier run may still be winding down: the sweep
+            # stamps its records once it has exited).
             now = time.time()
             waiting = persistent.orphan(self.persistent_store, None, now)
             gone = persistent.expire(self.persistent_store, now)
@@ -93,7 +94,10 @@ class Supervisor:
         while not self.stopping:
             await asyncio.sleep(PERSISTENT_SWEEP)
             try:
-                gone = persistent.expire(self.persistent_store, time.time())
+                now = time.time()
+                # A worker of an earlier run that outlived it has exited by now, maybe.
+                persistent.orphan(self.persistent_store, None, now)
+                gone = persistent.expire(self.persistent_store, now)
             except Exception as e:
                 log.warning("cannot expire persistent handles: %s", e)
                 continue

@@ -5,15 +5,19 @@ an earlier run) is checked without processes. The client side spells the context
 MS-SMB2 2.2.13.2.11/12 and 2.2.14.2.12 (tests/smb2client.py)."""
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import struct
+import subprocess
+import threading
 import uuid
+from types import SimpleNamespace
 
 import pytest
 
 from smbd.server import persistent
-from smbd.store import MemoryStore
+from smbd.store import MemoryStore, process_started
 from tests import smb2client as c
 from tests.smbdd_process import PASSWORD, USER, Smbdd, alive, wait_until
 from tests.test_leases_durable import response_contexts
@@ -30,8 +34,9 @@ FILE_OVERWRITE_IF = 5
 
 def test_records_of_an_earlier_run_wait_for_their_timeout_then_go():
     store = MemoryStore()
+    gone = _ended_pid()
     store.update(persistent.TABLE, "a", lambda _: {"pid": 4242, "timeout": 60.0, "expires": None})
-    store.update(persistent.TABLE, "b", lambda _: {"pid": 7, "timeout": 5.0, "expires": None})
+    store.update(persistent.TABLE, "b", lambda _: {"pid": gone, "timeout": 5.0, "expires": None})
     assert persistent.orphan(store, 4242, now=1000.0) == 1  # only that worker's
     assert store.get(persistent.TABLE, "a") == {"pid": None, "timeout": 60.0, "expires": 1060.0}
     assert store.get(persistent.TABLE, "b")["expires"] is None
@@ -41,6 +46,66 @@ def test_records_of_an_earlier_run_wait_for_their_timeout_then_go():
     assert store.get(persistent.TABLE, "a") is None and store.get(persistent.TABLE, "b") is not None
     assert persistent.expire(store, now=2006.0) == 1
     assert store.count(persistent.TABLE) == 0
+
+
+def _ended_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_record_whose_holder_still_runs_waits_and_a_reused_pid_does_not_count():
+    """At a start of smbdd a worker of the earlier run may still be winding down: its records
+    are not stamped until it is gone. A record naming our pid with another start time is of
+    a process that had the pid before (a reboot, say): its holder is gone."""
+    store = MemoryStore()
+    me, started = os.getpid(), process_started(os.getpid())
+    store.update(persistent.TABLE, "live", lambda _: {"pid": me, "started": started, "timeout": 9.0, "expires": None})
+    store.update(persistent.TABLE, "reused", lambda _: {"pid": me, "started": started - 100, "timeout": 9.0,
+                                                         "expires": None})
+    assert persistent.orphan(store, None, now=100.0) == 1
+    assert store.get(persistent.TABLE, "live")["expires"] is None
+    assert store.get(persistent.TABLE, "reused")["expires"] == 109.0
+    assert persistent.orphaned_record(store, 0, now=100.0) is None
+
+
+def _server_of(store, run: str):
+    return SimpleNamespace(persistent_store=store, config=SimpleNamespace(runtime_dir=run))
+
+
+def test_a_reconnect_waits_for_the_worker_of_an_earlier_run_to_exit():
+    store = MemoryStore()
+    holder = subprocess.Popen(["sleep", "60"])
+    record = {"pid": holder.pid, "started": process_started(holder.pid), "run": "/dev/shm/smbdd-run-1",
+              "timeout": 60.0, "expires": None}
+    store.update(persistent.TABLE, persistent.key_of(7), lambda _: record)
+
+    async def reconnect():
+        asyncio.get_running_loop().call_later(0.1, holder.kill)
+        return await persistent.reclaimable(_server_of(store, "/dev/shm/smbdd-run-2"), 7)
+
+    try:
+        assert asyncio.run(reconnect()) == record  # handed over once the holder is gone
+        assert holder.poll() is not None
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_reconnect_gives_up_on_a_holder_that_does_not_exit(monkeypatch):
+    store = MemoryStore()
+    monkeypatch.setattr(persistent, "FORMER_HOLDER_WAIT", 0.1)
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        store.update(persistent.TABLE, persistent.key_of(7), lambda _: {
+            "pid": holder.pid, "started": process_started(holder.pid), "run": "old", "expires": None})
+        assert asyncio.run(persistent.reclaimable(_server_of(store, "new"), 7)) is None
+        # A holder of this run is another matter: no waiting, it is simply not orphaned.
+        assert asyncio.run(persistent.reclaimable(_server_of(store, "old"), 7)) is None
+        assert holder.poll() is None
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def _dh2q(create_guid: uuid.UUID) -> bytes:
@@ -140,6 +205,50 @@ def test_persistent_handle_survives_its_worker_and_smbdd(tmp_path):
         _, r = _reconnect(srv, fid, cguid)
         assert r.status == STATUS_OBJECT_NAME_NOT_FOUND
     finally:
+        srv.stop()
+
+
+@pytest.mark.peer
+def test_a_reconnect_after_smbdd_died_waits_for_the_worker_still_winding_down(tmp_path):
+    """kill -9 of smbdd alone: its worker sees its control socket close and winds down on its
+    own, still holding the Open for a while (held here with SIGSTOP). A reconnect that
+    reaches the new smbdd meanwhile waits for that worker to exit, then gets the Open back
+    with its data; it is neither refused nor opened beside the old descriptor."""
+    state = tmp_path / "state"
+    srv = CaServer(tmp_path, state)
+    worker = None
+    try:
+        a = _client(srv)
+        cguid = uuid.uuid4()
+        r = a.call(c.CREATE, c.create_body("slow.dat", access=c.READ_WRITE_ACCESS, disposition=c.FILE_OPEN_IF,
+                                           contexts=_dh2q(cguid)))
+        assert r.status == 0
+        fid = r.file_id
+        assert a.call(c.WRITE, c.write_body(fid, b"before smbdd died")).status == 0
+        worker = srv.worker_pids()[-1]
+        os.kill(worker, signal.SIGSTOP)
+        srv.proc.send_signal(signal.SIGKILL)
+        srv.proc.wait()
+        srv._log.close()
+        srv = CaServer(tmp_path, state)
+
+        def let_it_go():
+            wait_until(lambda: f"waiting for worker {worker} of an earlier run" in srv.log(), 20)
+            os.kill(worker, signal.SIGCONT)
+
+        releaser = threading.Thread(target=let_it_go)
+        releaser.start()
+        b, r = _reconnect(srv, fid, cguid)
+        releaser.join()
+        assert r.status == 0, hex(r.status) + srv.log()[-2000:]
+        assert f"waiting for worker {worker} of an earlier run to exit" in srv.log()
+        assert not alive(worker)
+        rd = b.call(c.READ, c.read_body(r.file_id, 100))
+        assert rd.status == 0 and rd.body[16:] == b"before smbdd died"
+        assert b.call(c.CLOSE, c.close_body(r.file_id)).status == 0
+    finally:
+        if worker is not None and alive(worker):
+            os.kill(worker, signal.SIGKILL)
         srv.stop()
 
 

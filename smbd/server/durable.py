@@ -331,6 +331,24 @@ async def reconnect(req: "Request", create: CreateRequest) -> tuple["Open", list
     """3.3.5.9.7 / 3.3.5.9.12: give a kept Open to the new session. Returns the Open, the
     response contexts and the oplock level to answer with. Every mismatch is
     OBJECT_NAME_NOT_FOUND, as if there were no such handle."""
+    try:
+        return await _reconnect(req, create)
+    except SmbError as e:
+        if _asks_persistent(create):
+            # A client that loses its persistent handle loses what it was writing: say why.
+            log.info("persistent reconnect of %s refused: %s", create.name or "(share root)", e)
+        raise
+
+
+def _asks_persistent(create: CreateRequest) -> bool:
+    try:
+        return DH2C in create.contexts and bool(DurableV2Reconnect.parse(create.contexts[DH2C]).flags
+                                                 & DHANDLE_FLAG_PERSISTENT)
+    except SmbError:
+        return False
+
+
+async def _reconnect(req: "Request", create: CreateRequest) -> tuple["Open", list[tuple[bytes, bytes]], int]:
     server = req.server
     contexts = create.contexts
     v2 = None
@@ -359,7 +377,7 @@ async def reconnect(req: "Request", create: CreateRequest) -> tuple["Open", list
         record = server.store.get(OPENS, open_key(file_id[0])) if server.messenger is not None else None
         if record is None or record.get("pid") == os.getpid() or record.get("expires", 0) < time.time():
             # No live holder: a persistent Open whose worker (or smbdd) died is on disk.
-            record = orphan = (persistent.orphaned_record(server.persistent_store, file_id[0])
+            record = orphan = (await persistent.reclaimable(server, file_id[0])
                                if v2 is not None and v2.flags & DHANDLE_FLAG_PERSISTENT else None)
             if record is None:
                 raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "no such durable handle")

@@ -11,18 +11,25 @@ mode, the locks and the lease it had. Data the client was told was written is in
 kernel's page cache, which a process crash does not lose (a WRITE_THROUGH one is on disk).
 
 While nobody holds it, the record waits for its timeout: smbdd stamps the records of a
-worker that died, and all records when it starts, with when they expire, and deletes the
-expired ones (``orphan``, ``expire``). Meanwhile no descriptor holds its share mode, so
+worker that died, and of every holder that is gone when it starts and at each sweep, with
+when they expire, and deletes the expired ones (``orphan``, ``expire``). A record names its
+holder by pid and start time, and the run of smbdd it belongs to (its runtime directory):
+after smbdd itself was killed, its workers see their control socket close and wind down
+on their own, still holding their Opens for a moment; a reconnect that reaches the new run
+first waits for such a holder to exit (``reclaimable``) rather than missing the record or
+racing the old worker's last writes. Meanwhile no descriptor holds its share mode, so
 every open of the file checks the orphaned records itself (``orphan_conflicts``) and is
 refused as the Open's descriptor would refuse it, as Windows refuses it.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import time
 from typing import TYPE_CHECKING
 
-from smbd.store import StateStore, pid_alive
+from smbd.store import StateStore, holder_alive, process_started
 from smbd.wire.create import CreateRequest, Disposition, OplockLevel
 from smbd.wire.negotiate import Capabilities
 
@@ -36,6 +43,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("smbd.persistent")
 
 TABLE = "persistent_opens"  # a table of the persistent store (smbd.store.PERSISTENT_TABLES)
+# How long a reconnect waits for a worker of an earlier run of smbdd to let go of the Open:
+# it finishes its in-flight requests (smbd.worker.SHUTDOWN_GRACE, 10 s) and then exits.
+FORMER_HOLDER_WAIT = 30.0
+
+_started: dict[int, float | None] = {}  # this process's start time, by pid (workers are forked)
+
+
+def _own_start() -> float | None:
+    pid = os.getpid()
+    if pid not in _started:
+        _started[pid] = process_started(pid)
+    return _started[pid]
 
 
 def key_of(persistent_id: int) -> str:
@@ -56,7 +75,8 @@ def record_of(server: "ServerState", op: "Open") -> dict:
     from .handoff import export_state
 
     record = global_record(op)
-    record.update(persistent=True, timeout=op.durable_timeout, expires=None, state=export_state(server, op))
+    record.update(persistent=True, timeout=op.durable_timeout, expires=None, state=export_state(server, op),
+                  started=_own_start(), run=server.config.runtime_dir or None)
     return record
 
 
@@ -81,10 +101,14 @@ def forget(server: "ServerState", op: "Open") -> None:
         server.persistent_store.update(TABLE, key_of(op.persistent_id), lambda _old: None)
 
 
+def _held(record: dict) -> bool:
+    return holder_alive(record.get("pid"), record.get("started"))
+
+
 def _orphaned(record: dict, now: float) -> bool:
     """No live worker holds the record's Open (else that worker's descriptor, the volatile
     ``opens`` table and handoff apply), and its timeout has not passed."""
-    if record.get("pid") is not None and pid_alive(record["pid"]):
+    if _held(record):
         return False
     expires = record.get("expires")
     return expires is None or expires >= now
@@ -96,6 +120,43 @@ def orphaned_record(store: StateStore, persistent_id: int, now: float | None = N
     if record is None or not _orphaned(record, time.time() if now is None else now):
         return None
     return record
+
+
+async def reclaimable(server: "ServerState", persistent_id: int) -> dict | None:
+    """The orphaned record of a reconnect (``orphaned_record``). If a worker of an earlier run
+    of smbdd still holds it (winding down after smbdd was killed), first wait for that worker
+    to exit, so that its descriptor and its last writes are gone before the file is opened
+    again here."""
+    store = server.persistent_store
+    record = store.get(TABLE, key_of(persistent_id))
+    run = server.config.runtime_dir or None
+    if record is not None and record.get("run") != run and _held(record):
+        log.info("persistent open %s: waiting for worker %d of an earlier run to exit",
+                 key_of(persistent_id), record["pid"])
+        if not await _exited(record["pid"], FORMER_HOLDER_WAIT):
+            log.warning("persistent open %s: worker %d of an earlier run still holds it after %.0f s",
+                        key_of(persistent_id), record["pid"], FORMER_HOLDER_WAIT)
+            return None
+    return orphaned_record(store, persistent_id)
+
+
+async def _exited(pid: int, timeout: float) -> bool:
+    """Wait until process ``pid`` (not our child) ends: its pidfd becomes readable."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    loop.add_reader(pidfd, lambda: done.done() or done.set_result(None))
+    try:
+        await asyncio.wait_for(done, timeout)
+        return True
+    except asyncio.TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
 
 
 def orphan_conflicts(server: "ServerState", file_key: int, access: int, share: int,
@@ -120,11 +181,14 @@ def orphan_conflicts(server: "ServerState", file_key: int, access: int, share: i
 # ---- smbdd's side: records of dead workers and of an earlier run -----------------------------
 
 def orphan(store: StateStore, pid: int | None, now: float) -> int:
-    """Start the timeout of every record of worker ``pid`` (None: of every record, at a
-    start of smbdd, when no worker of an earlier run is alive). Returns how many."""
+    """Start the timeout of every record of worker ``pid``, which died (None: of every record
+    whose holder is gone, at a start of smbdd and at each sweep: a worker of an earlier run
+    may outlive smbdd for a while). Returns how many."""
     count = 0
     for key, record in list(store.items(TABLE)):
-        if (pid is None or record.get("pid") == pid) and record.get("expires") is None:
+        if record.get("expires") is not None:
+            continue
+        if (record.get("pid") == pid) if pid is not None else not _held(record):
             stamped = {**record, "pid": None, "expires": now + float(record.get("timeout") or 60.0)}
             store.update(TABLE, key, lambda _old, r=stamped: r)
             count += 1

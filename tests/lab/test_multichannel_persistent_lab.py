@@ -252,7 +252,10 @@ def test_persistent_handle_survives_kill_9_of_worker_and_of_smbdd(tmp_path, lab_
             end = time.monotonic() + 300
             while len(progress) < n and writer.poll() is None and time.monotonic() < end:
                 time.sleep(0.2)
-            assert len(progress) >= n, f"writer stalled {what}: {len(progress)} chunks; {srv.log()[-3000:]}"
+            if len(progress) >= n:
+                return
+            ended = "" if writer.poll() is None else f"writer exited {writer.returncode}: {writer.stderr.read()}; "
+            raise AssertionError(f"writer stalled {what}: {len(progress)} chunks; {ended}{srv.log()[-4000:]}")
 
         wait_progress(50, "before the kills")
         workers = [int(p) for p in re.findall(r"worker (\d+) serves client", srv.log())]
