@@ -18,7 +18,8 @@ KERNEL=${SMBDD_LAB_KVER:-6.1.0-56-amd64}
 # perftest for SMB Direct, qemu + Debian's kernel (rdma_rxe) for the lab VM, kernel source and
 # headers to rebuild cifs.ko/ksmbd with SMB Direct (with gcc, make, xz), fio for benchmarks.
 # samba-vfs-modules (acl_xattr, streams_xattr) gives the smbtorture reference share NT ACLs and
-# streams.  python3-dev and gcc let pip build packages that ship no wheel.  No Recommends, as in
+# streams.  MIT's KDC and python3-gssapi (MIT's GSSAPI through the system site-packages, like
+# pyverbs) for SPNEGO with Kerberos (smbd.auth.kerberos).  python3-dev and gcc let pip build packages that ship no wheel.  No Recommends, as in
 # the verified lab install: whatever a minimal Debian 12 lacks is named here.
 PACKAGES=(
   python3 python3-venv python3-dev python3-pyverbs
@@ -29,6 +30,7 @@ PACKAGES=(
   qemu-system-x86 busybox-static file cifs-utils iproute2   # virtme-ng runs file(1) on busybox
   "linux-image-$KERNEL" "linux-headers-$KERNEL" linux-source-6.1
   fio
+  krb5-kdc krb5-admin-server krb5-user python3-gssapi   # Kerberos: a test KDC, kinit, the acceptor
 )
 # linux-source-6.1 is one package for every 6.1 ABI: apt's newest may belong to a later kernel
 # than the lab's (6.1.192-3 is ABI -57 while linux-image-6.1.0-56 is 6.1.192-2).  cifs.ko is

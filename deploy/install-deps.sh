@@ -76,14 +76,15 @@ fi
 [[ $REUSED == 1 ]] || echo "$KEY" > "$VENV/.smbdd-key"
 step "pip install -e .[$EXTRAS]"
 
-# pyverbs comes from python3-pyverbs through the system site-packages: once apt has installed
-# it, a venv that can't import it is broken (made by another interpreter, say), not "no RDMA".
+# pyverbs and gssapi come from python3-pyverbs and python3-gssapi through the system
+# site-packages: once apt has installed them, a venv that can't import them is broken (made by
+# another interpreter, say), not "no RDMA" or "no Kerberos".
 SMBDD_NEED_PYVERBS=$([[ -z ${SMBDD_SKIP_APT:-} ]] && echo 1 || echo 0) "$VENV/bin/python" - <<'PY' \
   || die "step imports: the venv $VENV cannot import what it needs (above)"
 import importlib, os, sys
 names = ["cryptography", "posix_ipc", "lmdb", "pydantic", "prometheus_client", "psutil", "pytest", "smbprotocol", "impacket"]
 if os.environ["SMBDD_NEED_PYVERBS"] == "1":
-    names.append("pyverbs")
+    names += ["pyverbs", "gssapi"]
 failed = []
 for name in names:
     try:

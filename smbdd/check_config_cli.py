@@ -41,6 +41,7 @@ def render(settings, config_path: str) -> str:
               "max_io_size": srv.max_io_size, "state_dir": str(settings.state_dir),
               "hosts_allow": list(srv.hosts_allow), "hosts_deny": list(srv.hosts_deny),
               "unix_identity": srv.unix_identity, "guest_account": srv.guest_account,
+              "kerberos_keytab": srv.kerberos_keytab or "none (NTLM only)",
               "metrics": f"{settings.metrics[0]}:{settings.metrics[1]}" if settings.metrics else "off",
               "smbtorture_fsctl": srv.smbtorture_fsctl}
     lines += [f"{k} = {_toml_value(v)}" for k, v in server.items()]

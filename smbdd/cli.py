@@ -31,6 +31,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--share", action="append", metavar="NAME=PATH", help="share a directory (repeatable)")
     p.add_argument("--user", action="append", metavar="NAME:PASSWORD", help="add a user (repeatable)")
     p.add_argument("--users", metavar="FILE", help="the password database (`smbdd user`); re-read when it changes")
+    p.add_argument("--keytab", metavar="FILE",
+                   help="offer Kerberos (SPNEGO) with the service keys of this keytab, beside NTLM")
     p.add_argument("--listen", action="append", metavar="ADDR", help="address to listen on (repeatable)")
     p.add_argument("--port", type=int, help="TCP port (default 445)")
     p.add_argument("--config", metavar="FILE", help="TOML configuration file")

@@ -175,8 +175,16 @@ def build(args) -> Settings:
     if not shares:
         raise ConfigError("no share configured: use --share NAME=PATH or [shares.NAME] in the config file")
     shares = [_check_share(s) for s in shares]
-    if not users and not file_users and not any(s.guest_ok for s in shares):
-        raise ConfigError("no user configured (--user NAME:PASSWORD or --users FILE) and no guest share")
+    keytab = getattr(args, "keytab", None)
+    if keytab:
+        try:
+            keytab = config_schema._keytab(keytab)
+        except ValueError as e:
+            raise ConfigError(f"--keytab: {e}") from None
+    keytab = keytab or file_opts.get("kerberos_keytab") or ""
+    if not users and not file_users and not keytab and not any(s.guest_ok for s in shares):
+        raise ConfigError("no user configured (--user NAME:PASSWORD, --users FILE or --keytab FILE) "
+                          "and no guest share")
     # The file's values passed the schema and argparse restricts the command line's choices.
     policy = EncryptPolicy(args.encrypt or file_opts.get("encrypt", "auto"))
     signing = args.signing or file_opts.get("signing", "auto")
@@ -196,7 +204,8 @@ def build(args) -> Settings:
                           netbios_name=file_opts.get("netbios_name", "SMBDD").upper(),
                           domain=file_opts.get("workgroup", "WORKGROUP").upper(), max_io_size=max_io,
                           smbtorture_fsctl=torture_hooks, unix_identity=unix_identity,
-                          guest_account=file_opts.get("guest_account", "nobody"), hosts_allow=tuple(file_opts.get("hosts_allow") or ()),
+                          guest_account=file_opts.get("guest_account", "nobody"), kerberos_keytab=keytab,
+                          hosts_allow=tuple(file_opts.get("hosts_allow") or ()),
                           hosts_deny=tuple(file_opts.get("hosts_deny") or ()))
     metrics = getattr(args, "metrics", None) or file_opts.get("metrics")
     try:

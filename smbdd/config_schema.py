@@ -63,6 +63,12 @@ def _users_file(value: str) -> str:
     return os.path.abspath(value)
 
 
+def _keytab(value: str) -> str:
+    from smbd.auth import kerberos
+
+    return kerberos.check_keytab(value)
+
+
 def _address(value: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:PORT`` for IPv6) of a local listener, e.g. the metrics endpoint."""
     host, sep, port = value.rpartition(":")
@@ -111,6 +117,7 @@ class ServerSection(_Section):
     unix_identity: Literal["users", "daemon"] = "users"
     metrics: Annotated[StrictStr, AfterValidator(lambda v: _address(v) and v)] | None = None
     guest_account: Annotated[StrictStr, Field(min_length=1)] = "nobody"
+    kerberos_keytab: Annotated[StrictStr, AfterValidator(_keytab)] | None = None
     hosts_allow: HostList = []
     hosts_deny: HostList = []
 

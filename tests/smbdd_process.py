@@ -16,7 +16,8 @@ USER, PASSWORD = "alice", "s3cret-pw"
 
 
 class Smbdd:
-    def __init__(self, tmp: Path, *extra: str, share: Path | None = None, user: bool = True):
+    def __init__(self, tmp: Path, *extra: str, share: Path | None = None, user: bool = True,
+                 env: dict | None = None):
         self.port = free_tcp_port()
         self.share = share or tmp / "share"
         self.share.mkdir(exist_ok=True)
@@ -32,7 +33,7 @@ class Smbdd:
         if user:
             args += ["--user", f"{USER}:{PASSWORD}"]
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                      cwd=Path(__file__).resolve().parent.parent)
         wait_for_port("127.0.0.1", self.port, 20, self.proc)
 

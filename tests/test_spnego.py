@@ -201,6 +201,51 @@ def test_kerberos_first_downgrade_requests_mic():
     assert server.result.session_key == client.session_key
 
 
+class FakeKerberos:
+    """Stands in for smbd.auth.kerberos.KerberosAcceptor: takes one AP-REQ, answers an AP-REP."""
+
+    def __init__(self):
+        self.result = None
+        self.tokens: list[bytes] = []
+
+    def step(self, token: bytes) -> bytes:
+        from smbd.auth.kerberos import KerberosResult
+
+        self.tokens.append(token)
+        self.result = KerberosResult(user="alice", domain="SMBDD.TEST", session_key=b"k" * 32)
+        return b"AP-REP"
+
+
+@needs_pyspnego
+@pytest.mark.parametrize("first", [OID_MS_KERBEROS5, OID_KERBEROS5])
+def test_kerberos_first_with_a_keytab_completes_in_one_round_without_mic(first):
+    acceptor = FakeKerberos()
+    server = SpnegoServer(make_server()._ntlm, kerberos=lambda: acceptor)
+    mechs = [first, OID_NTLMSSP]
+    reply, state = server.step(PyNegTokenInit(mechs, mech_token=b"AP-REQ").pack())
+    done = unpack_token(reply)
+    assert state is StepResult.DONE and done.neg_state == NegState.ACCEPT_COMPLETED
+    assert done.supported_mech == first  # the OID the client named, as Windows answers
+    assert done.response_token == b"AP-REP" and done.mech_list_mic is None
+    assert acceptor.tokens == [b"AP-REQ"]
+    assert (server.result.user, server.result.domain) == ("alice", "SMBDD.TEST")
+
+
+@needs_pyspnego
+def test_ntlm_first_goes_ntlm_even_with_a_keytab():
+    server = SpnegoServer(make_server()._ntlm, kerberos=lambda: pytest.fail("Kerberos not chosen"))
+    client = ntlm_client()
+    reply, state = server.step(PyNegTokenInit([OID_NTLMSSP, OID_KERBEROS5], mech_token=client.step()).pack())
+    assert state is StepResult.MORE_PROCESSING and unpack_token(reply).supported_mech == OID_NTLMSSP
+
+
+def test_initial_token_offers_kerberos_first_only_with_a_keytab():
+    assert initial_token(kerberos=False) == initial_token()
+    with_krb = initial_token(kerberos=True)
+    mechs = [der.encode_oid(m) for m in (OID_MS_KERBEROS5, OID_KERBEROS5, OID_NTLMSSP)]
+    assert b"".join(mechs) in with_krb and der.encode_oid(OID_KERBEROS5) not in initial_token()
+
+
 @needs_pyspnego
 def test_downgrade_without_mechlistmic_is_refused():
     server = make_server()

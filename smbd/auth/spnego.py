@@ -1,4 +1,4 @@
-"""SPNEGO acceptor for NTLMSSP ([RFC 4178], [MS-SPNG] 3.2.5), as Windows and Samba behave.
+"""SPNEGO acceptor for NTLMSSP and Kerberos ([RFC 4178], [MS-SPNG] 3.2.5), as Windows and Samba behave.
 
 Tokens (RFC 4178 section 4.2)::
 
@@ -22,22 +22,33 @@ The exchange the server accepts:
    mechListMIC and wait for the client's in one more negTokenResp;
 3. accept-completed (with our mechListMIC when one is due).
 
+With a keytab (smbd.auth.kerberos) the server also offers Kerberos, first, as Windows does.
+A client whose first choice is Kerberos (either of its OIDs) sends the AP-REQ as optimistic
+token; the AP-REP goes back with accept-completed, without a mechListMIC: the client's
+preferred mechanism was chosen, so there was no downgrade to protect against (RFC 4178 5),
+and Windows answers so too. A client that also sends one has it checked.
+
 Raw NTLMSSP tokens (b"NTLMSSP\\0...") without SPNEGO are accepted too and answered raw.
 """
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
 
 from . import der
 from .errors import AuthError, logon_failure, malformed
 from .ntlm import AuthResult, NtlmServer
 from .ntlm_messages import NTLMSSP_SIGNATURE
 
+if TYPE_CHECKING:
+    from .kerberos import KerberosAcceptor, KerberosResult
+
 OID_SPNEGO = "1.3.6.1.5.5.2"
 OID_NTLMSSP = "1.3.6.1.4.1.311.2.2.10"
 OID_KERBEROS5 = "1.2.840.113554.1.2.2"
 OID_MS_KERBEROS5 = "1.2.840.48018.1.2.2"
+KERBEROS_OIDS = (OID_MS_KERBEROS5, OID_KERBEROS5)
 
 # What Windows and Samba put in negHints.hintName ([MS-SPNG] 3.2.5.2).
 HINT_NAME = b"not_defined_in_RFC4178@please_ignore"
@@ -158,12 +169,14 @@ def parse_negotiation_token(token: bytes) -> NegTokenInit | NegTokenResp:
     raise der.DerError(f"not a NegotiationToken (tag {outer.tag:#04x})")
 
 
-def initial_token() -> bytes:
+def initial_token(kerberos: bool = False) -> bytes:
     """The server's NegTokenInit2 for the SMB2 NEGOTIATE response ([MS-SPNG] 3.2.5.2).
 
-    Offers NTLMSSP only, with the negHints hintName Windows and Samba send.
+    Offers NTLMSSP, after both Kerberos OIDs when the server has a keytab (Windows' order),
+    with the negHints hintName Windows and Samba send.
     """
-    mech_types = der.encode(der.context_tag(0), der.encode_sequence(der.encode_oid(OID_NTLMSSP)))
+    mechs = (*KERBEROS_OIDS, OID_NTLMSSP) if kerberos else (OID_NTLMSSP,)
+    mech_types = der.encode(der.context_tag(0), der.encode_sequence(*(der.encode_oid(m) for m in mechs)))
     neg_hints = der.encode(
         der.context_tag(3),
         der.encode_sequence(der.encode(der.context_tag(0), der.encode(der.TAG_GENERAL_STRING, HINT_NAME))),
@@ -180,12 +193,14 @@ class _State(enum.Enum):
     AWAIT_NTLM_NEGOTIATE = "await_ntlm_negotiate"
     AWAIT_NTLM_AUTHENTICATE = "await_ntlm_authenticate"
     AWAIT_MECH_LIST_MIC = "await_mech_list_mic"
+    AWAIT_KERBEROS = "await_kerberos"  # a Kerberos context that needs another token
     DONE = "done"
     FAILED = "failed"
 
 
 class SpnegoServer:
-    """Drives one NtlmServer through SPNEGO for one SESSION_SETUP exchange.
+    """Drives one NtlmServer, or a Kerberos acceptor made by ``kerberos()`` when the server has
+    a keytab, through SPNEGO for one SESSION_SETUP exchange.
 
     ``step(token)`` returns the token to send back and whether authentication is done;
     it raises AuthError (LOGON_FAILURE for refused credentials or a bad mechListMIC,
@@ -193,16 +208,19 @@ class SpnegoServer:
     exchange is dead: every further step raises INVALID_PARAMETER.
     """
 
-    def __init__(self, ntlm: NtlmServer):
+    def __init__(self, ntlm: NtlmServer, kerberos: Callable[[], "KerberosAcceptor"] | None = None):
         self._ntlm = ntlm
+        self._kerberos_factory = kerberos
+        self._kerberos: "KerberosAcceptor | None" = None
+        self._mech = OID_NTLMSSP
         self._state = _State.START
         self._raw = False
         self._mech_types_der = b""
         self._mic_requested = False  # NTLMSSP was not the client's first choice
-        self._result: AuthResult | None = None
+        self._result: "AuthResult | KerberosResult | None" = None
 
     @property
-    def result(self) -> AuthResult | None:
+    def result(self) -> "AuthResult | KerberosResult | None":
         """The AuthResult once step() returned DONE, else None."""
         return self._result if self._state is _State.DONE else None
 
@@ -255,14 +273,26 @@ class SpnegoServer:
             return self._on_ntlm_negotiate(resp)
         if self._state is _State.AWAIT_NTLM_AUTHENTICATE:
             return self._on_ntlm_authenticate(resp)
+        if self._state is _State.AWAIT_KERBEROS:
+            if not resp.response_token:
+                raise malformed("expected the next Kerberos token")
+            return self._on_kerberos(resp.response_token, resp.mech_list_mic)
         return self._on_mech_list_mic(resp)
 
     def _on_init(self, token: NegTokenInit | NegTokenResp) -> tuple[bytes, StepResult]:
         if not isinstance(token, NegTokenInit):
             raise malformed("first SPNEGO token must be negTokenInit")
-        if OID_NTLMSSP not in token.mech_types:
-            raise malformed("client offers no mechanism we support (NTLMSSP)")
         self._mech_types_der = token.mech_types_der
+        if self._kerberos_factory is not None and token.mech_types and token.mech_types[0] in KERBEROS_OIDS:
+            self._mech = token.mech_types[0]  # answered with the OID the client named
+            self._kerberos = self._kerberos_factory()
+            if token.mech_token:
+                return self._on_kerberos(token.mech_token, token.mech_list_mic, first=True)
+            self._state = _State.AWAIT_KERBEROS
+            return self._incomplete(None, first=True), StepResult.MORE_PROCESSING
+        if OID_NTLMSSP not in token.mech_types:
+            raise malformed("client offers no mechanism we support (NTLMSSP"
+                            + (", Kerberos)" if self._kerberos_factory is not None else ")"))
         # RFC 4178 5: picking a mechanism other than the client's first is a downgrade
         # the mechListMIC must protect; the optimistic token belongs to the first mech.
         self._mic_requested = token.mech_types[0] != OID_NTLMSSP
@@ -273,6 +303,21 @@ class SpnegoServer:
             return self._incomplete(challenge, first=True), StepResult.MORE_PROCESSING
         self._state = _State.AWAIT_NTLM_NEGOTIATE
         return self._incomplete(None, first=True), StepResult.MORE_PROCESSING
+
+    def _on_kerberos(self, token: bytes, client_mic: bytes | None, *, first: bool = False) -> tuple[bytes, StepResult]:
+        assert self._kerberos is not None
+        reply = self._kerberos.step(token)
+        result = self._kerberos.result
+        if result is None:
+            self._state = _State.AWAIT_KERBEROS
+            return self._incomplete(reply or None, first=first), StepResult.MORE_PROCESSING
+        self._result = result
+        if client_mic is not None:
+            self._check_client_mic(client_mic)
+        self._state = _State.DONE
+        done = NegTokenResp(neg_state=NegState.ACCEPT_COMPLETED, supported_mech=self._mech if first else None,
+                            response_token=reply or None)
+        return done.to_bytes(), StepResult.DONE
 
     def _on_ntlm_negotiate(self, resp: NegTokenResp) -> tuple[bytes, StepResult]:
         if not resp.response_token:
@@ -328,7 +373,7 @@ class SpnegoServer:
         state = NegState.REQUEST_MIC if first and self._mic_requested else NegState.ACCEPT_INCOMPLETE
         return NegTokenResp(
             neg_state=state,
-            supported_mech=OID_NTLMSSP,
+            supported_mech=self._mech,
             response_token=response_token,
             mech_list_mic=mech_list_mic,
         ).to_bytes()

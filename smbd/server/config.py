@@ -61,6 +61,7 @@ class ServerConfig:
     # "daemon": as the server's own (smbdd's command line defaults to "users").
     unix_identity: str = "daemon"
     guest_account: str = "nobody"  # the Unix account of guest and anonymous sessions
+    kerberos_keytab: str = ""  # SPNEGO offers Kerberos with this keytab's keys (smbd.auth.kerberos)
     hosts_allow: tuple[str, ...] = ()  # server-wide, checked as a connection arrives (smbd.server.access)
     hosts_deny: tuple[str, ...] = ()
     encrypt: EncryptPolicy = EncryptPolicy.AUTO

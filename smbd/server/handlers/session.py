@@ -76,7 +76,15 @@ def _new_spnego(req: "Request") -> SpnegoServer:
     accounts = req.server.accounts
     ntlm = NtlmServer(lambda user, domain: accounts.nt_hash(user), netbios_name=cfg.netbios_name,
                       domain=cfg.domain, allow_guest=guest_ok, allow_anonymous=True)
-    return SpnegoServer(ntlm)
+    kerberos = None
+    if cfg.kerberos_keytab:
+        from smbd.auth.kerberos import KerberosAcceptor
+
+        def known(user: str) -> bool:  # a principal's user logs on if it is one of ours
+            return accounts.lookup(user) is not None or identity.Credentials.of_account(user) is not None
+
+        kerberos = lambda: KerberosAcceptor(cfg.kerberos_keytab, known)  # noqa: E731
+    return SpnegoServer(ntlm, kerberos)
 
 
 async def handle_session_setup(req: "Request") -> bytes:
