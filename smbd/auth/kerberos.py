@@ -77,10 +77,6 @@ class KerberosResult:
     ntlm_mic_present: bool = False
 
     @property
-    def anonymous(self) -> bool:
-        return False
-
-    @property
     def can_sign(self) -> bool:
         return self.context is not None
 

@@ -141,7 +141,7 @@ async def handle_smb1_negotiate(conn: "SmbConnection", msg: memoryview) -> None:
         conn.negotiated = True
         conn.signing_algorithm = crypto.SIGNING_HMAC_SHA256
     resp = NegotiateResponse(security_mode(conn), int(dialect), cfg.server_guid, 0, SMB2_0_2_MAX_IO,
-                             SMB2_0_2_MAX_IO, SMB2_0_2_MAX_IO, filetime_now(), initial_token(bool(conn.server.config.kerberos_keytab)))
+                             SMB2_0_2_MAX_IO, SMB2_0_2_MAX_IO, filetime_now(), initial_token(bool(cfg.kerberos_keytab)))
     hdr = Header(0, NtStatus.SUCCESS, Command.NEGOTIATE, credits, Flags.SERVER_TO_REDIR, 0, 0, 0, 0, 0,
                  b"\0" * 16)
     if dialect == Dialect.WILDCARD:
