@@ -82,7 +82,7 @@ step "pip install -e .[$EXTRAS]"
 SMBDD_NEED_PYVERBS=$([[ -z ${SMBDD_SKIP_APT:-} ]] && echo 1 || echo 0) "$VENV/bin/python" - <<'PY' \
   || die "step imports: the venv $VENV cannot import what it needs (above)"
 import importlib, os, sys
-names = ["cryptography", "posix_ipc", "lmdb", "pydantic", "prometheus_client", "psutil", "pytest", "smbprotocol", "impacket"]
+names = ["cryptography", "posix_ipc", "lmdb", "pydantic", "prometheus_client", "psutil", "inotify_simple", "pytest", "smbprotocol", "impacket"]
 if os.environ["SMBDD_NEED_PYVERBS"] == "1":
     names += ["pyverbs", "gssapi"]
 failed = []

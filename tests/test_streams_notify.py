@@ -20,7 +20,7 @@ from smbprotocol.open import (CreateDisposition, CreateOptions, FileAttributes, 
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
-from tests.smbdd_process import PASSWORD, USER, Smbdd
+from tests.smbdd_process import PASSWORD, USER, Smbdd, wait_until
 
 pytestmark = pytest.mark.peer
 ZONE = b"[ZoneTransfer]\r\nZoneId=3\r\nReferrerUrl=https://example.invalid/\r\n"
@@ -146,6 +146,13 @@ def test_a_file_with_an_open_stream_keeps_its_name_across_workers(server, two_cl
     assert (server.share / "named.txt").exists() and not (server.share / "renamed.txt").exists()
 
 
+def pending(watcher: FileSystemWatcher) -> None:
+    """Wait for the server's interim answer: the watch exists from then on. A change the other
+    client makes before that is not one the request was waiting for, and nothing reports it."""
+    assert wait_until(lambda: watcher._request is not None and watcher._request.async_id is not None, 10), \
+        "CHANGE_NOTIFY never went async"
+
+
 def test_change_notify_sees_another_workers_changes(server, two_clients):
     a, b = two_clients
     b.open("watched", options=CreateOptions.FILE_DIRECTORY_FILE,
@@ -154,6 +161,7 @@ def test_change_notify_sees_another_workers_changes(server, two_clients):
                access=FilePipePrinterAccessMask.FILE_READ_DATA | FilePipePrinterAccessMask.FILE_READ_ATTRIBUTES)
     watcher = FileSystemWatcher(d)
     watcher.start(CompletionFilter.FILE_NOTIFY_CHANGE_FILE_NAME | CompletionFilter.FILE_NOTIFY_CHANGE_STREAM_NAME)
+    pending(watcher)
     b.open("watched\\made-by-b.txt").close()
     assert watcher.response_event.wait(10), "no answer to CHANGE_NOTIFY"
     actions = [(x["action"].get_value(), x["file_name"].get_value()) for x in watcher.result]
@@ -174,6 +182,7 @@ def test_a_pending_notify_ends_when_another_worker_deletes_the_directory(server,
                access=FilePipePrinterAccessMask.FILE_READ_DATA | FilePipePrinterAccessMask.FILE_READ_ATTRIBUTES)
     watcher = FileSystemWatcher(d)
     watcher.start(CompletionFilter.FILE_NOTIFY_CHANGE_FILE_NAME)
+    pending(watcher)
     b.open("doomed", options=CreateOptions.FILE_DIRECTORY_FILE | CreateOptions.FILE_DELETE_ON_CLOSE,
            access=FilePipePrinterAccessMask.DELETE, disposition=CreateDisposition.FILE_OPEN).close()
     assert watcher.response_event.wait(10), "the request was left pending"

@@ -27,19 +27,23 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ctypes
-import ctypes.util
-import errno
 import os
 import struct
 from dataclasses import dataclass
 from typing import Callable
 
+from inotify_simple import INotify
+
 from smbd.status import NtStatus
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.inotify_init1.argtypes = [ctypes.c_int]
-_libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+# inotify_simple looks libc up (ctypes.util.find_library, which runs ldconfig in a subprocess)
+# on its first INotify(). Done here, at import, it happens once in the zygote and not in each
+# worker's first watch: there it took milliseconds, long enough for another client's change to
+# land before the watch was in place (smbtorture smb2.notify.basedir then waited forever).
+try:
+    INotify().close()
+except OSError:  # no inotify instance to spare now: the first watch pays the look-up instead
+    pass
 
 IN_MODIFY = 0x002
 IN_ATTRIB = 0x004
@@ -54,11 +58,8 @@ IN_Q_OVERFLOW = 0x4000
 IN_IGNORED = 0x8000
 IN_ONLYDIR = 0x01000000
 IN_ISDIR = 0x40000000
-IN_NONBLOCK = 0o4000
-IN_CLOEXEC = 0o2000000
 _MASK = (IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF
          | IN_MOVE_SELF)
-_EVENT = struct.Struct("iIII")
 
 # FILE_NOTIFY_CHANGE_* completion filter bits (MS-SMB2 2.2.35) and actions (MS-FSCC 2.7.1).
 CHANGE_FILE_NAME = 0x001
@@ -231,11 +232,12 @@ class Watch:
         self._held_timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self._root_fd = os.dup(dir_fd)  # the directory itself: its path, even after a rename
-        self._fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if self._fd < 0:
-            err = ctypes.get_errno()
+        try:  # the inotify_simple binding: one instance per watched handle
+            self._inotify = INotify(nonblocking=True)
+        except OSError:
             os.close(self._root_fd)
-            raise OSError(err, "inotify_init1")
+            raise
+        self._fd = self._inotify.fileno()
         self._rel: dict[int, str] = {}
         # Stream folders watched for stream changes: wd -> the file's relative name.
         self._streams = streams if completion_filter & _STREAM_FILTERS else None
@@ -312,10 +314,18 @@ class Watch:
         if len(self._rel) >= MAX_SUBTREE_WATCHES:
             self._overflow = True
             return -1
-        wd = _libc.inotify_add_watch(self._fd, os.fsencode(path), _MASK)
+        wd = self._add_watch(path, _MASK)
         if wd >= 0:
             self._rel[wd] = rel
         return wd
+
+    def _add_watch(self, path: str, mask: int) -> int:
+        """The watch descriptor, or -1 if the path cannot be watched (gone, not a folder,
+        the user's watch limit reached): a watch missed only means changes not reported."""
+        try:
+            return self._inotify.add_watch(path, mask)
+        except OSError:
+            return -1
 
     def _path(self, rel: str) -> str:
         base = f"/proc/self/fd/{self._root_fd}"
@@ -347,8 +357,7 @@ class Watch:
         if (folder is None or folder in self._stream_folders.values()
                 or len(self._rel) + len(self._stream_wds) >= MAX_SUBTREE_WATCHES):
             return
-        wd = _libc.inotify_add_watch(self._fd, os.fsencode(folder),
-                                     IN_CREATE | IN_DELETE | IN_MODIFY | IN_MOVED_FROM | IN_MOVED_TO | IN_ONLYDIR)
+        wd = self._add_watch(folder, IN_CREATE | IN_DELETE | IN_MODIFY | IN_MOVED_FROM | IN_MOVED_TO | IN_ONLYDIR)
         if wd < 0:
             return
         self._stream_wds[wd] = rel
@@ -371,7 +380,7 @@ class Watch:
             parent = os.path.dirname(os.readlink(f"/proc/self/fd/{self._root_fd}"))
         except OSError:
             return
-        wd = _libc.inotify_add_watch(self._fd, os.fsencode(parent), IN_DELETE | IN_MOVED_FROM | IN_ONLYDIR)
+        wd = self._add_watch(parent, IN_DELETE | IN_MOVED_FROM | IN_ONLYDIR)
         self._parent_wd = wd if wd >= 0 else -1
 
     def _check_deleted(self) -> None:
@@ -391,10 +400,11 @@ class Watch:
 
     def _readable(self) -> None:
         try:
-            data = os.read(self._fd, 65536)
-        except OSError as e:
-            if e.errno != errno.EAGAIN:
-                self._overflow = True
+            batch = self._inotify.read(timeout=0)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._overflow = True
             return
         events: list[RawEvent] = self._held
         self._held = []
@@ -402,11 +412,7 @@ class Watch:
             self._held_timer.cancel()
             self._held_timer = None
         found: list[tuple[str, bool]] = []  # entries of directories that appeared in the tree
-        pos = 0
-        while pos + _EVENT.size <= len(data):
-            wd, mask, cookie, length = _EVENT.unpack_from(data, pos)
-            raw = data[pos + _EVENT.size:pos + _EVENT.size + length].split(b"\0", 1)[0]
-            pos += _EVENT.size + length
+        for wd, mask, cookie, name in batch:
             if mask & IN_Q_OVERFLOW:
                 self._overflow = True
                 continue
@@ -421,7 +427,6 @@ class Watch:
             if wd == self._parent_wd and wd not in self._rel:
                 self._check_deleted()
                 continue
-            name = os.fsdecode(raw)
             stream_of = self._stream_wds.get(wd)
             if stream_of is not None:
                 if name:
@@ -501,13 +506,13 @@ class Watch:
         try:
             self._loop.call_soon_threadsafe(self._close_on_loop)
         except RuntimeError:  # the loop is gone (shutdown): nothing to unregister from
-            os.close(self._fd)
+            self._inotify.close()
             os.close(self._root_fd)
 
     def _close_on_loop(self) -> None:
         if self._held_timer is not None:
             self._held_timer.cancel()
         self._loop.remove_reader(self._fd)
-        os.close(self._fd)
+        self._inotify.close()
         os.close(self._root_fd)
         self._answer_all(Answer(NtStatus.NOTIFY_CLEANUP))
