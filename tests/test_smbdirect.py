@@ -599,7 +599,12 @@ def run_pair(server_cfg, client, server_posted, to_server, to_client, choices):
     """Wire a SmbdConnection and a TinyClient together and run until nothing can move.
 
     ``choices`` (an iterator of ints) decides the interleaving: which wire delivers
-    next, and whether a receiver reposts its buffer at once or some time later.
+    next, and whether a receiver reposts its buffer at once or some time later. Once they
+    run out, held-back buffers are reposted first: a driver reposts each buffer in the end,
+    and a scheduler that withheld one for ever would make the pair trade grant-only
+    messages for ever (each side then has one usable receive, so each grant uses the
+    other's last credit and must be answered by a grant: a livelock of the schedule, not of
+    either peer; it ends at the first repost).
     """
     now = 0.0
     server = SmbdConnection(server_cfg, now=now)
@@ -610,8 +615,15 @@ def run_pair(server_cfg, client, server_posted, to_server, to_client, choices):
     got_by_server: list[bytes] = []
     pending_to_server, pending_to_client = list(to_server), list(to_client)
 
+    exhausted = False
+
     def pick(n):
-        return next(choices, 0) % n
+        nonlocal exhausted
+        choice = next(choices, None)
+        if choice is None:
+            exhausted = True
+            return 0
+        return choice % n
 
     for _ in range(100_000):
         if server.state is State.ESTABLISHED:
@@ -645,6 +657,8 @@ def run_pair(server_cfg, client, server_posted, to_server, to_client, choices):
         if not options:
             break
         step = options[pick(len(options))]
+        if exhausted and "reposts" in options:
+            step = "reposts"
         now += 0.001
         if step == "to_server":
             server.receive(wire_to_server.popleft(), now)
