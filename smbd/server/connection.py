@@ -23,6 +23,7 @@ from smbd import crypto, identity, metrics
 from smbd.core import compound
 from smbd.core.credits import CreditWindow, required_charge
 from smbd.status import NtStatus, ProtocolViolation, SmbError, status_name
+from smbd.transport.tcp import FileSpan
 from smbd.wire import control
 from smbd.wire.header import (HEADER_SIZE, PROTOCOL_ID, SIGNATURE_OFFSET, SMB1_ID, TRANSFORM_ID,
                               Command, Flags, Header)
@@ -463,8 +464,24 @@ class SmbConnection:
             return None
         return channel.signing_key, self.signing_algorithm, self.dialect
 
+    def plain_reply(self, req: Request) -> bool:
+        """True when ``req``'s response will go out as its handler returns it: alone (no
+        compound), unsigned and unencrypted. Then a READ's data may stay in the file for
+        the transport to send (FileSpan), since nothing has to read it."""
+        return (req.compound is not None and len(req.compound.requests) == 1 and not req.encrypted
+                and self._signer(req, NtStatus.SUCCESS) is None and self._encrypting_session([req]) is None)
+
     async def _send_responses(self, requests: list[Request], responses: list[list],
                               encrypted_session: Session | None) -> None:
+        try:
+            await self._send_now(requests, responses, encrypted_session)
+        finally:
+            for parts in responses:  # sent or not, a response's file descriptors go
+                if parts and isinstance(parts[-1], FileSpan):
+                    parts[-1].close()
+
+    async def _send_now(self, requests: list[Request], responses: list[list],
+                        encrypted_session: Session | None) -> None:
         if self.closed or not responses:
             return
         answered = [r for r in requests]

@@ -44,7 +44,9 @@ def snapshot(server: "ServerState", pid: int) -> dict:
         channels.append({"peer": peer, "transport": "smbdirect" if peer.startswith("rdma:") else "tcp",
                          "dialect": dialect_name(conn.dialect) if conn.dialect else None,
                          "client_guid": str(conn.client_guid) if conn.client_guid else None,
-                         "bytes_in": conn.bytes_in, "bytes_out": conn.bytes_out, "serial": conn.serial})
+                         "bytes_in": conn.bytes_in, "bytes_out": conn.bytes_out, "serial": conn.serial,
+                         # of bytes_out, the READ data a TCP channel sent straight from files
+                         "sendfile_bytes": getattr(conn.transport, "sendfile_bytes", 0)})
     serials = {id(conn): conn.serial for conn in server.connections}
     peers = {id(conn): conn.transport.peer for conn in server.connections}
     sessions = []
