@@ -35,6 +35,7 @@ class FileSpan:
     __slots__ = ("fd", "offset", "length")
 
     def __init__(self, fd: int, offset: int, length: int):
+        self.fd = -1  # until the dup succeeds (EMFILE): nothing for __del__ to close
         self.fd = os.dup(fd)
         self.offset = offset
         self.length = length
