@@ -22,15 +22,15 @@ from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
 from smbd.transport.tcp import FileSpan, TcpTransport
-from tests.smbdd_process import PASSWORD, SMBDD, USER, Smbdd
+from tests.smbdd_process import PASSWORD, USER, Smbdd
+from tests.test_status import status
 
 MIB = 1024 * 1024
 
 
 def _channel(srv: Smbdd, conn: Connection) -> dict:
     """``smbdd status --json``'s entry for the connection (its ClientGUID, read as a GUID)."""
-    r = subprocess.run([*SMBDD, "status", "--pid", str(srv.proc.pid), "--json"], capture_output=True, text=True,
-                       timeout=30)
+    r = status(srv, "--json")
     assert r.returncode == 0, r.stderr
     guid = str(uuid.UUID(bytes_le=conn.client_guid.bytes))
     (channel,) = [c for w in json.loads(r.stdout)["workers"] for c in w.get("channels", ())

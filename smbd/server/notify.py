@@ -400,12 +400,12 @@ class Watch:
 
     def _readable(self) -> None:
         try:
-            batch = self._inotify.read(timeout=0)
-        except BlockingIOError:
-            return
+            batch = self._inotify.read(timeout=0)  # what FIONREAD says is there; never blocks
         except OSError:
             self._overflow = True
             return
+        if not batch:
+            return  # nothing read: a held IN_MOVED_FROM keeps waiting for its pair
         events: list[RawEvent] = self._held
         self._held = []
         if self._held_timer is not None:

@@ -537,8 +537,8 @@ async def handle_flush(req: "Request") -> bytes:
 
 # SMB2 header, READ response, transform header and alignment around inline read data.
 INLINE_READ_OVERHEAD = 64 + 16 + 52 + 64
-# Reads from this size on go out by sendfile where they may (_read_as_file_span): below it
-# the copy costs less than the hand-off to the thread that sends.
+# Reads from this size on go out by sendfile where they may (handle_read): below it the
+# copy costs less than the hand-off to the thread that sends.
 SENDFILE_MIN = 64 * 1024
 
 
@@ -585,30 +585,24 @@ async def handle_read(req: "Request") -> list:
         # valid answer (DataLength < Length, MS-SMB2 3.3.5.12) and the client reads on. cifs.ko
         # 6.1 asks sealed sessions for 1 MiB inline reads against its own 170 KB limit.
         length = max(cap - INLINE_READ_OVERHEAD, 0)
-    if length >= SENDFILE_MIN and getattr(req.conn.transport, "sends_file_spans", False) \
-            and req.conn.plain_reply(req):
-        return _read_as_file_span(req, op, rd, length)
-    buf = bytearray(length)
+    # From SENDFILE_MIN on, a reply nothing has to read (no signature, no seal, no compound)
+    # leaves its data in the file: the transport sendfile()s it from the page cache
+    # (smbd.transport.tcp.FileSpan) instead of copying it into a buffer; DataLength is then
+    # fixed now, from the size.
+    by_sendfile = (length >= SENDFILE_MIN and getattr(req.conn.transport, "sends_file_spans", False)
+                   and req.conn.plain_reply(req))
     with translate_oserror():
-        n = await req.server.read_into(op.tree.vfs, op.fd, memoryview(buf), rd.offset)
+        if by_sendfile:
+            n = max(0, min(length, os.fstat(op.fd).st_size - rd.offset))  # an open file's inode is in memory
+        else:
+            buf = bytearray(length)
+            n = await req.server.read_into(op.tree.vfs, op.fd, memoryview(buf), rd.offset)
     if n < rd.minimum_count or (n == 0 and length > 0):
         raise SmbError(NtStatus.END_OF_FILE)
     # FilePositionInformation follows reads, as Samba keeps it (smbtorture smb2.read.position).
     op.position = rd.offset + n
-    return [fileio.read_response_header(n, padding=req.conn.read_body_padding), memoryview(buf)[:n]]
-
-
-def _read_as_file_span(req: "Request", op: Open, rd: fileio.ReadRequest, length: int) -> list:
-    """The READ response with its data left in the file: the transport sends it with
-    sendfile (smbd.transport.tcp.FileSpan), from the page cache to the socket, where the
-    ordinary path copies it into a buffer first. DataLength is fixed now, from the size."""
-    with translate_oserror():
-        size = os.fstat(op.fd).st_size  # no disk wait: the inode of an open file is in memory
-    n = max(0, min(length, size - rd.offset))
-    if n < rd.minimum_count or n == 0:
-        raise SmbError(NtStatus.END_OF_FILE)
-    op.position = rd.offset + n
-    return [fileio.read_response_header(n, padding=req.conn.read_body_padding), FileSpan(op.fd, rd.offset, n)]
+    data = FileSpan(op.fd, rd.offset, n) if by_sendfile else memoryview(buf)[:n]
+    return [fileio.read_response_header(n, padding=req.conn.read_body_padding), data]
 
 
 async def handle_write(req: "Request") -> bytes:
